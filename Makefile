@@ -1,0 +1,25 @@
+# Two commands set up everything on a fresh machine: `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install quickstart test clean
+
+install: $(STAMP)
+
+# Re-runs only when the dependency declarations change (idempotent).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+quickstart: install
+	$(BIN)/eeg2im stream --config configs/synthetic_tiny.yaml
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf runs

@@ -1,0 +1,278 @@
+"""One typed configuration for every entry point.
+
+Dataclasses are the schema; YAML files in ``configs/`` fill them and ``key.sub=value`` overrides
+from the command line patch them. Every mistake (unknown key, wrong type, bad choice) is a
+:class:`ConfigError` that names the dotted key and lists what would have been valid, so a typo
+fails before any work starts instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, reported with the dotted key that caused it."""
+
+
+@dataclass
+class SynthConfig:
+    """The synthetic EEG/image corpus with recorded ground truth (see docs in ``configs/``)."""
+
+    num_samples: int = 2000
+    num_classes: int = 10
+    num_subjects: int = 4
+    sessions_per_subject: int = 4
+    samples_per_shard: int = 250
+    image_size: int = 64
+    image_format: Literal["png", "jpg"] = "png"
+    channels: int = 128
+    time_points: int = 440
+    sfreq: float = 1000.0
+    class_snr: float = 1.0
+    attribute_snr: float = 1.0
+    subject_variability: float = 1.0
+    drift: float = 0.5
+    line_freq: float = 50.0
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    workers: int = 1
+
+
+@dataclass
+class DataConfig:
+    """How shards are streamed to a training or evaluation loop."""
+
+    root: str = "runs/data/synthetic_tiny"
+    split_by: Literal["image", "subject", "block", "release"] = "image"
+    batch_size: int = 32
+    num_workers: int = 0
+    shuffle_buffer: int = 1000
+    samples_per_epoch: int = 0
+    eeg_window: Optional[tuple[int, int]] = None
+    bandpass: Optional[tuple[float, float]] = None
+    normalize: bool = True
+    image_size: int = 64
+    on_error: Literal["raise", "skip"] = "raise"
+    synthesize: bool = True
+    seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    """The ResNet50 image teacher whose logits and pooled features are distilled into the EEG."""
+
+    pretrained: bool = False  # ImageNet weights: from `weights` or the torch hub cache, never downloaded
+    weights: Optional[str] = None  # path to a torchvision resnet50 state dict (.pth/.safetensors)
+    input_size: int = 224  # images are resized to this before the teacher
+
+
+@dataclass
+class HighLevelConfig:
+    """High-level (semantic) EEG encoder: braindecode backbone -> embedding -> class head."""
+
+    backbone: Literal["EEGNet", "ShallowFBCSPNet", "Deep4Net", "EEGConformer", "ATCNet"] = "ShallowFBCSPNet"
+    embed_dim: int = 256
+    ce_weight: float = 1.0  # cross-entropy with the true label
+    kd_weight: float = 1.0  # response-based KD: KL(teacher || student) on temperature-softened logits
+    kd_temperature: float = 4.0
+    feature_kd_weight: float = 1.0  # feature-based KD: projected embedding vs teacher's pooled 2048-d feature
+    feature_kd_loss: Literal["mse", "cosine"] = "mse"
+
+
+@dataclass
+class LowLevelConfig:
+    """Image autoencoder + low-level EEG encoder aligned with its latent, trained jointly."""
+
+    backbone: Literal["EEGNet", "ShallowFBCSPNet", "Deep4Net", "EEGConformer", "ATCNet"] = "ShallowFBCSPNet"
+    latent_dim: int = 128
+    ae_channels: tuple[int, ...] = (32, 64, 128)
+    recon_weight: float = 1.0
+    align_weight: float = 1.0
+    align_loss: Literal["mse", "cosine"] = "mse"
+    contrastive_weight: float = 0.0  # optional InfoNCE between EEG and image latents
+    contrastive_temperature: float = 0.1
+
+
+@dataclass
+class DiffusionConfig:
+    """FiLM-conditioned diffusers UNet trained with DDPM, sampled with DDIM or DPM-Solver."""
+
+    block_channels: tuple[int, ...] = (64, 128, 128)
+    attention_levels: tuple[bool, ...] = (False, True, True)  # self-attention in the down/up blocks at each level
+    layers_per_block: int = 2
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    cond_dropout: float = 0.1  # probability of the null condition in training (classifier-free guidance)
+    sampler: Literal["ddim", "dpm"] = "ddim"
+    sample_steps: int = 50
+    guidance_scale: float = 3.0
+
+
+@dataclass
+class ModelConfig:
+    attention: Literal["auto", "xformers", "sdpa"] = "auto"  # auto: xformers on CUDA when installed, else SDPA
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    highlevel: HighLevelConfig = field(default_factory=HighLevelConfig)
+    lowlevel: LowLevelConfig = field(default_factory=LowLevelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+
+@dataclass
+class Config:
+    """Everything one run needs; ``run_dir`` receives all of its outputs."""
+
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def validate(self) -> "Config":
+        """Cross-field checks that the per-field types cannot express."""
+        d, s = self.data, self.synth
+        positive = {
+            "data.batch_size": d.batch_size, "data.image_size": d.image_size,
+            "synth.num_samples": s.num_samples, "synth.num_classes": s.num_classes,
+            "synth.num_subjects": s.num_subjects, "synth.samples_per_shard": s.samples_per_shard,
+            "synth.image_size": s.image_size, "synth.channels": s.channels,
+            "synth.time_points": s.time_points, "synth.sessions_per_subject": s.sessions_per_subject,
+            "synth.workers": s.workers, "data.shuffle_buffer": d.shuffle_buffer,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
+        if d.num_workers < 0 or d.samples_per_epoch < 0:
+            raise ConfigError("data.num_workers and data.samples_per_epoch must be >= 0")
+        if d.eeg_window is not None and not 0 <= d.eeg_window[0] < d.eeg_window[1]:
+            raise ConfigError(f"data.eeg_window must be [start, stop) with 0 <= start < stop, got {list(d.eeg_window)}")
+        if d.bandpass is not None and not 0 <= d.bandpass[0] < d.bandpass[1]:
+            raise ConfigError(f"data.bandpass must be [low, high] Hz with 0 <= low < high, got {list(d.bandpass)}")
+        if abs(sum(s.split_fractions) - 1.0) > 1e-6 or min(s.split_fractions) < 0:
+            raise ConfigError(f"synth.split_fractions must be three non-negative numbers summing to 1, got {list(s.split_fractions)}")
+        if s.channels > 128:
+            raise ConfigError(f"synth.channels is at most 128 (the montage has 128 electrodes), got {s.channels}")
+        if s.sfreq <= 2 * s.line_freq:
+            raise ConfigError(f"synth.sfreq ({s.sfreq}) must exceed twice synth.line_freq ({s.line_freq})")
+        m = self.model.diffusion
+        if len(m.attention_levels) != len(m.block_channels):
+            raise ConfigError(f"model.diffusion.attention_levels needs one entry per block_channels level "
+                              f"({len(m.block_channels)}), got {len(m.attention_levels)}")
+        if not 0 <= m.cond_dropout < 1:
+            raise ConfigError(f"model.diffusion.cond_dropout must be in [0, 1), got {m.cond_dropout}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Building dataclasses from plain data, with type checks
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` checked against (and minimally converted to) the annotation ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {type(value).__name__} {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}: {list(value)!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in names:
+            where = f"'{prefix}'" if prefix else "the top level"
+            raise ConfigError(f"unknown key '{key}'; valid keys in {where}: {', '.join(names)}")
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists) for YAML/JSON dumps and model cards."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Patch nested ``values`` with ``a.b=c`` strings; the right side is parsed as YAML."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        dotted, raw = item.split("=", 1)
+        node = values
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (YAML), apply dotted ``overrides`` and return the validated :class:`Config`."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    values = apply_overrides(values, list(overrides or []))
+    return _build(Config, values).validate()
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,64 @@
+"""Turning the synthetic generator into shards, and making sure a configured corpus exists."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+
+from ..config import Config, SynthConfig
+from .manifest import MANIFEST
+from .synth import SyntheticCorpus
+from .writer import CorpusInfo, RawSample, write_corpus
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTES = ["hue", "saturation", "brightness", "hue2", "saturation2", "brightness2", "x", "y", "scale", "rotation"]
+
+
+@lru_cache(maxsize=2)
+def _corpus(cfg_items: tuple) -> SyntheticCorpus:
+    """One generator per process and config (building montage/templates is not free)."""
+    return SyntheticCorpus(SynthConfig(**dict(cfg_items)))
+
+
+class SynthShard:
+    """A picklable shard source: samples ``start:stop`` of the synthetic corpus."""
+
+    def __init__(self, cfg: SynthConfig, start: int, stop: int):
+        self.items = tuple(asdict(cfg).items())
+        self.start, self.stop = start, stop
+
+    def __call__(self):
+        corpus = _corpus(self.items)
+        for index in range(self.start, self.stop):
+            sample = corpus.sample(index)
+            yield RawSample(index, sample["eeg"], sample["image"], sample["meta"])
+
+
+def write_synthetic(cfg: SynthConfig, out: str | Path, overwrite: bool = False) -> Path:
+    corpus = _corpus(tuple(asdict(cfg).items()))
+    info = CorpusInfo(
+        channel_names=list(corpus.channel_names), sfreq=cfg.sfreq, time_points=cfg.time_points,
+        class_names=list(corpus.class_names), image_format=cfg.image_format, source="synthetic",
+        attribute_names=ATTRIBUTES, extra={"synth": asdict(cfg)},
+    )
+    per_shard = cfg.samples_per_shard
+    num_shards = math.ceil(cfg.num_samples / per_shard)
+    sources = (SynthShard(cfg, k * per_shard, min(cfg.num_samples, (k + 1) * per_shard)) for k in range(num_shards))
+    return write_corpus(out, info, sources, split_fractions=cfg.split_fractions, seed=cfg.seed,
+                        workers=cfg.workers, num_shards=num_shards, overwrite=overwrite)
+
+
+def ensure_corpus(cfg: Config) -> Path:
+    """The manifest of ``cfg.data.root``, synthesizing it from ``cfg.synth`` when missing and
+    ``data.synthesize`` allows it."""
+    manifest = Path(cfg.data.root) / MANIFEST
+    if manifest.is_file():
+        return manifest
+    if not cfg.data.synthesize:
+        raise FileNotFoundError(f"no corpus at {cfg.data.root} ({manifest} missing) and data.synthesize is false")
+    log.info("synthesizing %d samples into %s", cfg.synth.num_samples, cfg.data.root)
+    return write_synthetic(cfg.synth, cfg.data.root)

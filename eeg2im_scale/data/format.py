@@ -1,0 +1,157 @@
+"""The on-disk sample format: one WebDataset key per EEG trial.
+
+A sample is ``<key>.eeg.npy`` (float16, channels × time), ``<key>.png`` or ``<key>.jpg`` (RGB) and
+``<key>.json`` (label, class name, subject, image id, session/block, attributes). Keys are the
+zero-padded global sample index, so the manifest can be addressed by integer without a lookup
+table. Every decoding problem becomes a :class:`SampleError` naming shard, key and field.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+KEY_DIGITS = 9
+IMAGE_FIELDS = ("png", "jpg", "jpeg")
+REQUIRED_META = ("label", "subject")
+
+
+def sample_key(index: int) -> str:
+    return f"{index:0{KEY_DIGITS}d}"
+
+
+class SampleError(ValueError):
+    """A bad sample or shard; ``str()`` names shard, key and field so the user can find it."""
+
+    def __init__(self, shard: str, key: str | None, field: str, problem: str):
+        self.shard, self.key, self.field, self.problem = str(shard), key, field, problem
+        super().__init__(f"{self.shard}: sample {key or '?'}: field {field}: {problem}")
+
+    def record(self) -> dict:
+        return {"shard": self.shard, "key": self.key, "field": self.field, "problem": self.problem}
+
+
+def encode_eeg(eeg: np.ndarray) -> bytes:
+    """float16 .npy bytes; refuses values that float16 cannot hold rather than storing inf."""
+    half = np.asarray(eeg).astype(np.float16)
+    if not np.isfinite(half).all():
+        raise ValueError(f"EEG has NaN/Inf or exceeds the float16 range (max |x| = {np.nanmax(np.abs(eeg)):.3g})")
+    buf = io.BytesIO()
+    np.save(buf, half, allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_image(image: np.ndarray, fmt: str, size: int | None = None) -> bytes:
+    """PNG (lossless) or JPEG (quality 95) bytes, optionally pre-resized to the training size."""
+    pil = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+    if size is not None and pil.size != (size, size):
+        pil = pil.resize((size, size), Image.BICUBIC)
+    buf = io.BytesIO()
+    if fmt == "png":
+        pil.save(buf, format="PNG", compress_level=1)
+    elif fmt in ("jpg", "jpeg"):
+        pil.save(buf, format="JPEG", quality=95)
+    else:
+        raise ValueError(f"image format must be png or jpg, got {fmt!r}")
+    return buf.getvalue()
+
+
+def encode_sample(index: int, eeg: np.ndarray, image_bytes: bytes, image_ext: str, meta: dict) -> dict:
+    return {
+        "__key__": sample_key(index),
+        "eeg.npy": encode_eeg(eeg),
+        image_ext: image_bytes,
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }
+
+
+@dataclass
+class Decoded:
+    key: str
+    eeg: np.ndarray  # float32, channels × time
+    image: np.ndarray  # uint8, H × W × 3
+    meta: dict
+
+
+def decode_sample(raw: dict, shard: str, eeg_shape: tuple[int, int]) -> Decoded:
+    """Decode and validate one raw sample; any defect raises :class:`SampleError`."""
+    key = raw.get("__key__")
+
+    def need(field: str) -> bytes:
+        if field not in raw:
+            raise SampleError(shard, key, field, f"missing (present: {sorted(k for k in raw if not k.startswith('__'))})")
+        return raw[field]
+
+    try:
+        eeg = np.load(io.BytesIO(need("eeg.npy")), allow_pickle=False)
+    except SampleError:
+        raise
+    except Exception as exc:
+        raise SampleError(shard, key, "eeg.npy", f"not a readable .npy array ({exc})") from None
+    if eeg.shape != tuple(eeg_shape):
+        raise SampleError(shard, key, "eeg.npy", f"shape {eeg.shape}, expected {tuple(eeg_shape)} (channels, time)")
+    if not np.issubdtype(eeg.dtype, np.floating):
+        raise SampleError(shard, key, "eeg.npy", f"dtype {eeg.dtype}, expected a float type")
+    eeg = eeg.astype(np.float32)
+    if not np.isfinite(eeg).all():
+        raise SampleError(shard, key, "eeg.npy", f"{int((~np.isfinite(eeg)).sum())} NaN/Inf values")
+
+    image_field = next((f for f in IMAGE_FIELDS if f in raw), None)
+    if image_field is None:
+        raise SampleError(shard, key, "png|jpg", "missing image")
+    try:
+        with Image.open(io.BytesIO(raw[image_field])) as pil:
+            image = np.asarray(pil.convert("RGB"))
+    except Exception as exc:
+        raise SampleError(shard, key, image_field, f"undecodable image ({exc})") from None
+
+    try:
+        meta = json.loads(need("json"))
+    except SampleError:
+        raise
+    except Exception as exc:
+        raise SampleError(shard, key, "json", f"invalid JSON ({exc})") from None
+    for name in REQUIRED_META:
+        if not isinstance(meta.get(name), int):
+            raise SampleError(shard, key, f"json.{name}", f"missing or not an integer: {meta.get(name)!r}")
+    return Decoded(key=key, eeg=eeg, image=image, meta=meta)
+
+
+def read_shard(path: str | Path, expected_count: int | None = None) -> Iterator[dict]:
+    """Stream raw samples (``{"__key__", "__url__", field: bytes}``) from one tar shard.
+
+    A truncated or corrupt tar raises :class:`SampleError` with field ``tar``; so does a shard that
+    ends cleanly but holds fewer samples than the manifest says (a tar cut at a member boundary).
+    """
+    shard = str(path)
+    current: dict | None = None
+    count = 0
+    try:
+        with open(path, "rb") as fileobj, tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                name = info.name.rsplit("/", 1)[-1]
+                key, _, field = name.partition(".")
+                if current is not None and key != current["__key__"]:
+                    yield current
+                    count += 1
+                    current = None
+                if current is None:
+                    current = {"__key__": key, "__url__": shard}
+                current[field.lower()] = tar.extractfile(info).read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        key = current["__key__"] if current else None
+        raise SampleError(shard, key, "tar", f"truncated or corrupt shard ({exc})") from None
+    if current is not None:
+        yield current
+        count += 1
+    if expected_count is not None and count < expected_count:
+        raise SampleError(shard, None, "tar", f"shard ended after {count} of {expected_count} samples (truncated?)")

@@ -1,0 +1,293 @@
+"""Streaming EEG/image loader over WebDataset shards, split by rank and by worker, resumable.
+
+Training (``train=True``): each epoch, the shard list is permuted with (seed, epoch), split by
+node and then by worker so ranks read disjoint shards; each worker cycles through its own shards
+(reshuffled every pass) through a seeded shuffle buffer and emits a *fixed* number of full
+batches. Every rank therefore runs the same number of steps whatever the shard sizes — no DDP
+hang on uneven shards — and the stream is a pure function of (seed, epoch, rank, worker).
+
+Resume: the position is the number of batches consumed plus, per worker, how many raw samples
+its shuffle buffer had emitted. Restoring rebuilds the same stream and discards that many raw
+samples *before* decoding, so the next batches equal those of an uninterrupted run.
+
+Evaluation (``train=False``): shards in order, split by node and worker, no shuffle, partial last
+batches: every sample of the split exactly once across all ranks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..config import DataConfig
+from .format import SampleError, decode_sample, read_shard
+from .manifest import Manifest, ShardEntry
+from .preprocess import EEGPreprocess, bandpass_sos, prepare_image
+
+log = logging.getLogger(__name__)
+
+
+def split_by_node(shards: list, rank: int, world_size: int) -> list:
+    """Every ``world_size``-th shard from ``rank``. Unlike ``wds.split_by_node`` the rank is given,
+    not read from the environment, so one process can play any rank (tests, workers)."""
+    return shards[rank::world_size]
+
+
+def split_by_worker(shards: list, worker: int, num_workers: int) -> list:
+    return shards[worker::num_workers]
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+@dataclass
+class StreamPlan:
+    """Everything a worker needs to build its stream; picklable so it travels to workers."""
+
+    shards: list[ShardEntry]
+    member: np.ndarray  # bool mask by sample index
+    eeg_shape: tuple[int, int]
+    preprocess: EEGPreprocess
+    image_size: int
+    attribute_names: list[str]
+    batch_size: int
+    shuffle_buffer: int
+    seed: int
+    train: bool
+    on_error: str
+    rank: int
+    world_size: int
+    batches_per_worker: int = 0  # training only
+
+    # ---- raw sample streams -------------------------------------------------------------------
+
+    def _read(self, entry: ShardEntry, dropped: list) -> Iterator[dict]:
+        """Raw samples of the split from one shard; shard-level defects raise or are recorded."""
+        try:
+            for raw in read_shard(entry.path, entry.total):
+                key = raw["__key__"]
+                index = int(key) if key.isdigit() else -1
+                if not 0 <= index < len(self.member):
+                    raise SampleError(entry.path, key, "__key__", "key is not a sample index of the manifest")
+                if self.member[index]:
+                    yield raw
+        except SampleError as err:
+            if self.on_error == "raise":
+                raise
+            dropped.append(err.record())
+
+    def epoch_shards(self, epoch: int, worker: int, num_workers: int) -> list[ShardEntry]:
+        """This worker's shards for the epoch; the list is repeated when there are fewer shards
+        than readers, so no worker is ever left without data."""
+        order = list(self.shards)
+        random.Random(_seed(self.seed, epoch)).shuffle(order)
+        readers = self.world_size * num_workers
+        order = order * math.ceil(readers / len(order))
+        return split_by_worker(split_by_node(order, self.rank, self.world_size), worker, num_workers)
+
+    def _cycle(self, shards: list[ShardEntry], rng: random.Random, dropped: list) -> Iterator[dict]:
+        for _ in itertools.count():
+            order = list(shards)
+            rng.shuffle(order)
+            produced = False
+            for entry in order:
+                for raw in self._read(entry, dropped):
+                    produced = True
+                    yield raw
+            if not produced:
+                raise RuntimeError(f"no readable samples in shards {[e.path for e in shards]}")
+
+    # ---- decoded batches ----------------------------------------------------------------------
+
+    def _decode(self, raw: dict) -> dict:
+        sample = decode_sample(raw, raw["__url__"], self.eeg_shape)
+        attrs = sample.meta.get("attributes", {})
+        return {
+            "eeg": self.preprocess(sample.eeg),
+            "image": prepare_image(sample.image, self.image_size),
+            "label": sample.meta["label"],
+            "subject": sample.meta["subject"],
+            "key": sample.key,
+            "image_id": str(sample.meta.get("image_id", "")),
+            "attributes": [float(attrs.get(name, np.nan)) for name in self.attribute_names],
+        }
+
+    def _batches(self, raws: Iterator[dict], dropped: list, worker: int, limit: int | None,
+                 cursor: int) -> Iterator[dict]:
+        items: list[dict] = []
+        emitted = 0
+
+        def flush():
+            batch = collate(items)
+            batch.update(_worker=worker, _cursor=cursor, _dropped=list(dropped))
+            dropped.clear()
+            items.clear()
+            return batch
+
+        for raw in raws:
+            cursor += 1
+            try:
+                items.append(self._decode(raw))
+            except SampleError as err:
+                if self.on_error == "raise":
+                    raise
+                dropped.append(err.record())
+            if len(items) == self.batch_size:
+                yield flush()
+                emitted += 1
+                if limit is not None and emitted >= limit:
+                    return
+        if items or dropped:
+            yield flush()
+
+    def worker_stream(self, epoch: int, worker: int, num_workers: int, batches_done: int,
+                      cursor: int) -> Iterator[dict]:
+        dropped: list = []
+        if not self.train:
+            shards = split_by_worker(split_by_node(self.shards, self.rank, self.world_size), worker, num_workers)
+            raws = itertools.chain.from_iterable(self._read(e, dropped) for e in shards)
+            yield from self._batches(raws, dropped, worker, None, 0)
+            return
+        # batch i of this rank comes from worker i % num_workers (DataLoader round-robin)
+        already = len(range(worker, batches_done, num_workers))
+        remaining = self.batches_per_worker - already
+        if remaining <= 0:
+            return
+        shard_rng = random.Random(_seed(self.seed, epoch, self.rank, worker, 0))
+        buffer_rng = random.Random(_seed(self.seed, epoch, self.rank, worker, 1))
+        raws = self._cycle(self.epoch_shards(epoch, worker, num_workers), shard_rng, dropped)
+        shuffled = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=buffer_rng)(raws)
+        for _ in range(cursor):  # fast-forward without decoding
+            next(shuffled)
+        dropped.clear()  # already reported before the checkpoint
+        yield from self._batches(shuffled, dropped, worker, remaining, cursor)
+
+
+def collate(items: list[dict]) -> dict:
+    batch = {
+        "eeg": torch.from_numpy(np.stack([it["eeg"] for it in items])) if items else torch.empty(0),
+        "image": torch.from_numpy(np.stack([it["image"] for it in items])) if items else torch.empty(0, dtype=torch.uint8),
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        "subject": torch.tensor([it["subject"] for it in items], dtype=torch.long),
+        "key": [it["key"] for it in items],
+        "image_id": [it["image_id"] for it in items],
+    }
+    if items and items[0]["attributes"]:
+        batch["attributes"] = torch.tensor([it["attributes"] for it in items], dtype=torch.float32)
+    return batch
+
+
+class _WorkerDataset(IterableDataset):
+    def __init__(self, plan: StreamPlan, epoch: int, batches_done: int, cursors: list[int]):
+        self.plan, self.epoch, self.batches_done, self.cursors = plan, epoch, batches_done, cursors
+
+    def __iter__(self):
+        info = get_worker_info()
+        loader_worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        # The DataLoader always starts its round-robin at its worker 0, while the next batch of a
+        # resumed epoch belongs to worker batches_done % num_workers: rotate the roles to match.
+        worker = (loader_worker + self.batches_done) % num_workers
+        return self.plan.worker_stream(self.epoch, worker, num_workers, self.batches_done, self.cursors[worker])
+
+
+@dataclass
+class LoaderState:
+    epoch: int = 0
+    batches_done: int = 0
+    cursors: list[int] = field(default_factory=list)
+    dropped: int = 0
+
+
+class EEGImageLoader:
+    """Batches for one rank. Iterating runs the rest of the current epoch; ``state_dict`` /
+    ``load_state_dict`` carry the exact position into a checkpoint."""
+
+    def __init__(self, cfg: DataConfig, split: str = "train", *, train: bool | None = None,
+                 rank: int = 0, world_size: int = 1):
+        self.cfg, self.split = cfg, split
+        self.train = (split == "train") if train is None else train
+        self.manifest = Manifest(cfg.root)
+        self.num_workers = cfg.num_workers
+        self.rank, self.world_size = rank, world_size
+        shards = self.manifest.shards(cfg.split_by, split)  # first: validates scheme and split
+        channels, time_points = self.manifest.eeg_shape
+        if cfg.eeg_window is not None and cfg.eeg_window[1] > time_points:
+            raise ValueError(f"data.eeg_window {list(cfg.eeg_window)} exceeds the {time_points} time points of {cfg.root}")
+        mean, std = self.manifest.eeg_stats(cfg.split_by) if cfg.normalize else (None, None)
+        sos = bandpass_sos(*cfg.bandpass, float(self.manifest.info["sfreq"])) if cfg.bandpass else None
+        self.plan = StreamPlan(
+            shards=shards,
+            member=self.manifest.membership(cfg.split_by, split),
+            eeg_shape=(channels, time_points),
+            preprocess=EEGPreprocess(tuple(cfg.eeg_window) if cfg.eeg_window else None, mean, std, sos),
+            image_size=cfg.image_size, attribute_names=self.manifest.attribute_names,
+            batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+            train=self.train, on_error=cfg.on_error, rank=rank, world_size=world_size,
+        )
+        self.num_samples = int(self.plan.member.sum())
+        if self.train:
+            wanted = cfg.samples_per_epoch or self.num_samples
+            readers = world_size * max(1, self.num_workers)
+            self.plan.batches_per_worker = max(1, math.ceil(wanted / (readers * cfg.batch_size)))
+        self.state = LoaderState(cursors=[0] * max(1, self.num_workers))
+        self.dropped: list[dict] = []
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Global samples per training epoch: data.samples_per_epoch rounded up to whole batches
+        on every worker of every rank."""
+        return self.plan.batches_per_worker * max(1, self.num_workers) * self.world_size * self.cfg.batch_size
+
+    def __len__(self) -> int:
+        if self.train:
+            return self.plan.batches_per_worker * max(1, self.num_workers)
+        raise TypeError("an evaluation loader's length per rank depends on the shard split; use num_samples")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.state = LoaderState(epoch=epoch, cursors=[0] * max(1, self.num_workers), dropped=self.state.dropped)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.state.epoch, "batches_done": self.state.batches_done,
+                "cursors": list(self.state.cursors), "dropped": self.state.dropped,
+                "world_size": self.world_size, "num_workers": self.num_workers, "seed": self.cfg.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        same_layout = (state["world_size"], state["num_workers"], state["seed"]) == (
+            self.world_size, self.num_workers, self.cfg.seed)
+        if same_layout:
+            self.state = LoaderState(state["epoch"], state["batches_done"], list(state["cursors"]), state["dropped"])
+        else:
+            log.warning("loader state was saved with world_size=%s num_workers=%s seed=%s; now %s/%s/%s: "
+                        "epoch %s restarts from its beginning", state["world_size"], state["num_workers"],
+                        state["seed"], self.world_size, self.num_workers, self.cfg.seed, state["epoch"])
+            self.set_epoch(state["epoch"])
+
+    def __iter__(self) -> Iterator[dict]:
+        dataset = _WorkerDataset(self.plan, self.state.epoch, self.state.batches_done, list(self.state.cursors))
+        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                            prefetch_factor=4 if self.num_workers else None,
+                            persistent_workers=False, pin_memory=torch.cuda.is_available())
+        for batch in loader:
+            worker = batch.pop("_worker")
+            self.state.cursors[worker] = batch.pop("_cursor")
+            for record in batch.pop("_dropped"):
+                self.state.dropped += 1
+                self.dropped.append(record)
+                log.warning("dropped sample: %s: sample %s: field %s: %s", record["shard"], record["key"],
+                            record["field"], record["problem"])
+            if not batch["key"]:
+                continue  # a worker's last flush carried only drop reports
+            self.state.batches_done += 1
+            yield batch
+        if self.train:
+            self.set_epoch(self.state.epoch + 1)

@@ -1,0 +1,64 @@
+"""Leakage-aware split assignment.
+
+Three schemes, each recorded as its own manifest column so that a config can pick one without
+rewriting shards:
+
+* ``image``: every trial of an image lands in one split (no image seen in training is tested);
+* ``subject``: whole subjects are held out (cross-subject generalisation);
+* ``block``: whole recording blocks/sessions are held out within each subject, so slow drift
+  shared by the trials of a block cannot be learned as a label cue (Li et al. 2020).
+
+``release`` (a corpus's published split) is written by converters when one exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Hashable, Iterable
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+SCHEMES = ("image", "subject", "block", "release")
+
+
+def split_of_image(image_id: str, fractions: tuple[float, float, float], seed: int) -> str:
+    """Stable hash of the image id mapped onto the split fractions (known while streaming)."""
+    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return SPLITS[0] if u < fractions[0] else SPLITS[1] if u < fractions[0] + fractions[1] else SPLITS[2]
+
+
+def group_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """How many of ``n`` groups go to train/val/test: at least one to train, and one to each
+    held-out split with a non-zero fraction as long as enough groups exist."""
+    n_val = max(1, round(fractions[1] * n)) if fractions[1] > 0 else 0
+    n_test = max(1, round(fractions[2] * n)) if fractions[2] > 0 else 0
+    while n_val + n_test > n - 1 and (n_val or n_test):
+        if n_val >= n_test and n_val:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n - n_val - n_test, n_val, n_test
+
+
+def assign_groups(groups: Iterable[Hashable], fractions: tuple[float, float, float], seed: int) -> dict:
+    """Seeded assignment of whole groups (subjects, blocks) to splits."""
+    ordered = sorted(set(groups))
+    n_train, n_val, _ = group_counts(len(ordered), fractions)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    result = {}
+    for rank, i in enumerate(order):
+        result[ordered[i]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    return result
+
+
+def assign_blocks(block_subject: dict, fractions: tuple[float, float, float], seed: int) -> dict:
+    """Hold out blocks within each subject, so every subject still contributes training data."""
+    by_subject: dict = {}
+    for block, subject in block_subject.items():
+        by_subject.setdefault(subject, []).append(block)
+    result = {}
+    for subject, blocks in sorted(by_subject.items()):
+        result.update(assign_groups(blocks, fractions, seed * 1_000_003 + int(subject)))
+    return result

@@ -1,0 +1,58 @@
+import pytest
+
+from eeg2im_scale.config import Config, ConfigError, apply_overrides, dump_config, load_config
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  batch_size: 4\n  eeg_window: [20, 460]\nsynth:\n  sfreq: 500\n")
+    cfg = load_config(path, ["data.batch_size=16", "data.on_error=skip", "run_dir=runs/x"])
+    assert cfg.data.batch_size == 16 and cfg.data.on_error == "skip" and cfg.run_dir == "runs/x"
+    assert cfg.data.eeg_window == (20, 460)
+    assert cfg.synth.sfreq == 500.0 and isinstance(cfg.synth.sfreq, float)
+
+
+def test_shipped_configs_load():
+    cfg = load_config("configs/synthetic_tiny.yaml")
+    assert isinstance(cfg, Config)
+    assert load_config(None, []) == Config()
+
+
+def test_unknown_key_names_key_and_valid_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.bath_size=3"])
+    message = str(err.value)
+    assert "data.bath_size" in message and "batch_size" in message and "num_workers" in message
+    with pytest.raises(ConfigError, match="unknown key 'dta'.*data"):
+        load_config(None, ["dta.batch_size=3"])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("data.batch_size=abc", "data.batch_size: expected int, got str"),
+    ("data.batch_size=2.5", "data.batch_size: expected int, got float"),
+    ("data.batch_size=true", "data.batch_size: expected int, got bool"),
+    ("data.on_error=ignore", "data.on_error: 'ignore' is not one of 'raise', 'skip'"),
+    ("data.eeg_window=[1, 2, 3]", "data.eeg_window: expected 2 items"),
+    ("data.eeg_window=[10, 5]", "data.eeg_window must be [start, stop)"),
+    ("synth.split_fractions=[0.5, 0.1, 0.1]", "synth.split_fractions"),
+    ("data.batch_size=0", "data.batch_size must be >= 1"),
+    ("data=3", "data: expected a mapping"),
+])
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_overrides({}, ["data.batch_size"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(None, ["data.bandpass=[0.5, 40]", "data.batch_size=7"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg

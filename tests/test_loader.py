@@ -1,0 +1,120 @@
+"""Streaming loader: split by node and worker, fixed-length resampled epochs, exact resume."""
+
+import shutil
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import CHANNELS, IMAGE, TIME_POINTS, data_cfg
+from eeg2im_scale.data.loader import EEGImageLoader
+from eeg2im_scale.data.manifest import Manifest
+
+
+def split_keys(root, scheme, split):
+    rows = pq.read_table(root / "manifest.parquet", columns=["key", f"split_{scheme}"]).to_pylist()
+    return {r["key"] for r in rows if r[f"split_{scheme}"] == split}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_evaluation_reads_every_sample_exactly_once_across_ranks(random_corpus, num_workers, split):
+    cfg = data_cfg(random_corpus, num_workers=num_workers, split_by="subject")
+    seen = Counter()
+    for rank in range(2):
+        for batch in EEGImageLoader(cfg, split, train=False, rank=rank, world_size=2):
+            assert batch["eeg"].shape[1:] == (CHANNELS, TIME_POINTS) and batch["eeg"].dtype == torch.float32
+            assert batch["image"].shape[1:] == (3, IMAGE, IMAGE) and batch["image"].dtype == torch.uint8
+            assert batch["attributes"].shape == (len(batch["key"]), 1)
+            seen.update(batch["key"])
+    assert set(seen) == split_keys(random_corpus, "subject", split)
+    assert max(seen.values()) == 1
+
+
+def run_epoch(loader):
+    return [batch["key"] for batch in loader]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_training_epoch_has_fixed_length_per_rank_and_disjoint_shards(random_corpus, num_workers):
+    cfg = data_cfg(random_corpus, num_workers=num_workers, samples_per_epoch=100)
+    loaders = [EEGImageLoader(cfg, "train", rank=r, world_size=2) for r in range(2)]
+    epochs = [run_epoch(loader) for loader in loaders]
+    for loader, batches in zip(loaders, epochs):
+        assert len(batches) == len(loader) and all(len(b) == cfg.batch_size for b in batches)
+        assert loader.samples_per_epoch >= 100
+    manifest = pq.read_table(random_corpus / "manifest.parquet", columns=["key", "shard"]).to_pylist()
+    shard_of = {r["key"]: r["shard"] for r in manifest}
+    shards = [{shard_of[k] for batch in batches for k in batch} for batches in epochs]
+    assert not shards[0] & shards[1], "ranks read disjoint shards when there are enough of them"
+    train = split_keys(random_corpus, "image", "train")
+    assert all(k in train for batches in epochs for batch in batches for k in batch)
+
+
+def test_training_stream_is_deterministic_and_changes_with_epoch(random_corpus):
+    cfg = data_cfg(random_corpus)
+    a, b = EEGImageLoader(cfg), EEGImageLoader(cfg)
+    first_a, first_b = run_epoch(a), run_epoch(b)
+    assert first_a == first_b
+    assert run_epoch(a) != first_a  # epoch 1 is another permutation
+    assert run_epoch(EEGImageLoader(data_cfg(random_corpus, seed=1))) != first_a
+
+
+@pytest.mark.parametrize("num_workers, stop_after", [(0, 3), (2, 3), (2, 4), (2, 0)])
+def test_resume_mid_epoch_gives_the_same_next_batches(random_corpus, num_workers, stop_after):
+    cfg = data_cfg(random_corpus, num_workers=num_workers, samples_per_epoch=160)
+    reference = EEGImageLoader(cfg, rank=1, world_size=2)
+    expected = [(b["key"], b["eeg"]) for epoch in range(2) for b in reference]
+
+    interrupted = EEGImageLoader(cfg, rank=1, world_size=2)
+    iterator = iter(interrupted)
+    got = [(b["key"], b["eeg"]) for _, b in zip(range(stop_after), iterator)]
+    state = interrupted.state_dict()
+    del iterator, interrupted
+
+    resumed = EEGImageLoader(cfg, rank=1, world_size=2)
+    resumed.load_state_dict(state)
+    got += [(b["key"], b["eeg"]) for b in resumed]
+    got += [(b["key"], b["eeg"]) for b in resumed]  # and the following epoch
+    assert [k for k, _ in got] == [k for k, _ in expected]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(got, expected))
+
+
+def test_preprocessing_crops_and_normalises_with_training_statistics(random_corpus):
+    cfg = data_cfg(random_corpus, eeg_window=(4, 28), batch_size=200)
+    eeg = next(iter(EEGImageLoader(cfg, "train", train=False)))["eeg"]
+    assert eeg.shape[1:] == (CHANNELS, 24)
+    assert abs(float(eeg.mean())) < 0.1 and abs(float(eeg.std()) - 1) < 0.1
+    raw = next(iter(EEGImageLoader(data_cfg(random_corpus, normalize=False, batch_size=200), "train", train=False)))
+    mean, std = Manifest(random_corpus).eeg_stats("image")
+    np.testing.assert_allclose(raw["eeg"].mean(dim=(0, 2)).numpy(), mean, atol=0.05)
+
+
+def test_bandpass_attenuates_out_of_band_power(random_corpus):
+    plain = next(iter(EEGImageLoader(data_cfg(random_corpus, batch_size=64), "train", train=False)))["eeg"]
+    band = next(iter(EEGImageLoader(data_cfg(random_corpus, batch_size=64, bandpass=(5.0, 15.0)), "train", train=False)))["eeg"]
+    freqs = np.fft.rfftfreq(TIME_POINTS, 1 / 100.0)
+    power = lambda x: (np.abs(np.fft.rfft(x.numpy(), axis=-1)) ** 2).mean(axis=(0, 1))
+    out_of_band = freqs > 30
+    assert power(band)[out_of_band].sum() < 0.05 * power(plain)[out_of_band].sum()
+
+
+def test_bad_loader_arguments_fail_clearly(random_corpus, tmp_path):
+    with pytest.raises(ValueError, match="exceeds the 32 time points"):
+        EEGImageLoader(data_cfg(random_corpus, eeg_window=(0, 64)))
+    with pytest.raises(ValueError, match="scheme 'release' is not recorded.*available: image, subject, block"):
+        EEGImageLoader(data_cfg(random_corpus, split_by="release"))
+    with pytest.raises(FileNotFoundError, match="eeg2im synth --out"):
+        EEGImageLoader(data_cfg(tmp_path / "missing"))
+
+
+def test_state_saved_under_another_world_size_restarts_the_epoch(random_corpus, caplog):
+    cfg = data_cfg(random_corpus)
+    two = EEGImageLoader(cfg, rank=0, world_size=2)
+    next(iter(two))
+    one = EEGImageLoader(cfg)
+    one.load_state_dict(two.state_dict())
+    assert "restarts from its beginning" in caplog.text
+    assert one.state_dict()["batches_done"] == 0

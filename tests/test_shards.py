@@ -1,0 +1,91 @@
+"""Shards and manifest: the on-disk format, the statistics, and leakage-aware splits."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import CHANNELS, TIME_POINTS, random_samples, write_random_corpus
+from eeg2im_scale.data.format import read_shard
+from eeg2im_scale.data.manifest import Manifest
+from eeg2im_scale.data.splits import assign_groups, group_counts
+
+
+def test_shard_contents_follow_the_format(random_corpus):
+    first = sorted((random_corpus / "shards").glob("*.tar"))[0]
+    with tarfile.open(first) as tar:
+        names = tar.getnames()
+        assert names[:3] == ["000000000.eeg.npy", "000000000.json", "000000000.png"]
+        eeg = np.load(io.BytesIO(tar.extractfile(names[0]).read()))
+        meta = json.loads(tar.extractfile(names[1]).read())
+    assert eeg.dtype == np.float16 and eeg.shape == (CHANNELS, TIME_POINTS)
+    assert {"label", "class_name", "subject", "image_id", "session", "block", "attributes"} <= set(meta)
+    assert len(list(read_shard(first, 20))) == 20
+
+
+def test_manifest_rows_and_metadata(random_corpus):
+    table = pq.read_table(random_corpus / "manifest.parquet")
+    assert table.num_rows == 240
+    for column in ["key", "shard", "label", "subject", "image_id", "block", "split_image", "split_subject",
+                   "split_block", "attr_hue"]:
+        assert column in table.column_names
+    rows = table.to_pylist()
+    assert rows[5]["key"] == "000000005" and rows[5]["shard"] == "shards/shard-000000.tar"
+    assert rows[25]["shard"] == "shards/shard-000001.tar"
+    manifest = Manifest(random_corpus)
+    assert manifest.eeg_shape == (CHANNELS, TIME_POINTS)
+    assert manifest.available_schemes() == ["image", "subject", "block"]
+
+
+@pytest.mark.parametrize("scheme", ["image", "subject", "block"])
+def test_channel_stats_are_those_of_the_training_split(random_corpus, scheme):
+    table = pq.read_table(random_corpus / "manifest.parquet").to_pylist()
+    train = {r["index"] for r in table if r[f"split_{scheme}"] == "train"}
+    eeg = np.stack([s.eeg.astype(np.float16).astype(np.float64) for s in random_samples(0, 240) if s.index in train])
+    mean, std = Manifest(random_corpus).eeg_stats(scheme)
+    np.testing.assert_allclose(mean, eeg.mean(axis=(0, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std, eeg.std(axis=(0, 2)), rtol=1e-4)
+
+
+@pytest.mark.parametrize("scheme, group", [("image", "image_id"), ("subject", "subject"), ("block", "block")])
+def test_splits_are_disjoint_in_their_unit(random_corpus, scheme, group):
+    rows = pq.read_table(random_corpus / "manifest.parquet").to_pylist()
+    units = {split: {r[group] for r in rows if r[f"split_{scheme}"] == split} for split in ("train", "val", "test")}
+    assert all(units.values()), f"every split of {scheme} is non-empty"
+    assert not units["train"] & units["val"] and not units["train"] & units["test"] and not units["val"] & units["test"]
+
+
+def test_block_split_keeps_every_subject_in_training(random_corpus):
+    rows = pq.read_table(random_corpus / "manifest.parquet").to_pylist()
+    assert {r["subject"] for r in rows if r["split_block"] == "train"} == {0, 1, 2, 3}
+
+
+def test_group_counts_and_assignment():
+    assert group_counts(10, (0.8, 0.1, 0.1)) == (8, 1, 1)
+    assert group_counts(3, (0.8, 0.1, 0.1)) == (1, 1, 1)
+    assert group_counts(2, (0.8, 0.1, 0.1)) == (1, 0, 1)
+    assert group_counts(1, (0.8, 0.1, 0.1)) == (1, 0, 0)
+    a = assign_groups(range(10), (0.6, 0.2, 0.2), seed=3)
+    assert a == assign_groups(range(10), (0.6, 0.2, 0.2), seed=3)
+    assert sorted(a.values()).count("train") == 6
+
+
+def test_existing_corpus_is_never_overwritten_silently(random_corpus):
+    before = (random_corpus / "manifest.parquet").read_bytes()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_random_corpus(random_corpus)
+    assert (random_corpus / "manifest.parquet").read_bytes() == before
+
+
+def test_parallel_writing_gives_the_same_corpus(tmp_path):
+    write_random_corpus(tmp_path / "serial", num_samples=80)
+    write_random_corpus(tmp_path / "parallel", num_samples=80, workers=2)
+    a = pq.read_table(tmp_path / "serial" / "manifest.parquet")
+    b = pq.read_table(tmp_path / "parallel" / "manifest.parquet")
+    assert a.equals(b) and a.schema.metadata == b.schema.metadata
+    for shard in sorted((tmp_path / "serial" / "shards").glob("*.tar")):
+        other = tmp_path / "parallel" / "shards" / shard.name
+        assert [s["eeg.npy"] for s in read_shard(shard)] == [s["eeg.npy"] for s in read_shard(other)]
