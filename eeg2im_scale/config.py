@@ -126,6 +126,48 @@ class ModelConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
 
+
+@dataclass
+class StageConfig:
+    """Optimisation of one training stage."""
+
+    steps: int = 100  # optimizer steps
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+
+
+STAGES = ("teacher", "lowlevel", "highlevel", "diffusion")
+
+
+@dataclass
+class TrainConfig:
+    """DeepSpeed training of every stage; each stage consumes the previous stages' exports."""
+
+    stage: Literal["teacher", "lowlevel", "highlevel", "diffusion", "all"] = "all"
+    teacher: StageConfig = field(default_factory=lambda: StageConfig(steps=100, lr=1e-3))
+    lowlevel: StageConfig = field(default_factory=lambda: StageConfig(steps=150, lr=1e-3))
+    highlevel: StageConfig = field(default_factory=lambda: StageConfig(steps=150, lr=1e-3))
+    diffusion: StageConfig = field(default_factory=lambda: StageConfig(steps=300, lr=2e-4))
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 needs a GPU; bf16 works on CPU too
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warm-up
+    deepspeed_config: Optional[str] = None  # JSON merged over the generated DeepSpeed config
+    checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    ema_halflife_kimg: float = 0.5  # EMA of the diffusion UNet: half-life in thousands of images
+    halt_after: int = 0  # stop with a checkpoint after this many steps in this invocation (0: run to the end);
+    # for chunked jobs under a scheduler's time limit: relaunch with --resume
+    collective_timeout_s: int = 600  # a dead rank makes the others fail after this, never hang
+    seed: int = 0
+
+    def stage_config(self, name: str) -> StageConfig:
+        return getattr(self, name)
+
+
 @dataclass
 class Config:
     """Everything one run needs; ``run_dir`` receives all of its outputs."""
@@ -134,6 +176,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> "Config":
         """Cross-field checks that the per-field types cannot express."""
@@ -198,7 +241,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {_type_name(tp)}")
     if origin is Literal:
-        if value not in args:
+        if value not in args or (isinstance(value, bool) and not any(isinstance(a, bool) for a in args)):
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in args)}")
         return value
     if origin in (list, tuple):
@@ -260,6 +303,11 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
+def config_from_dict(values: dict) -> Config:
+    """A validated :class:`Config` from plain nested data (e.g. a release's config.yaml)."""
+    return _build(Config, values).validate()
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read ``path`` (YAML), apply dotted ``overrides`` and return the validated :class:`Config`."""
     values: dict = {}
@@ -270,8 +318,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    values = apply_overrides(values, list(overrides or []))
-    return _build(Config, values).validate()
+    return config_from_dict(apply_overrides(values, list(overrides or [])))
 
 
 def dump_config(cfg: Config) -> str:

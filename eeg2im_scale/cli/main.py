@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import typing
+from pathlib import Path
 
 import yaml
 
@@ -63,7 +64,7 @@ def cmd_synth(args) -> int:
 
 def cmd_stream(args) -> int:
     """Stream one epoch of a split through the loader and print its throughput."""
-    from ..data.corpus import ensure_corpus
+    from ..data.corpus import ensure_corpus_on_rank
     from ..data.loader import EEGImageLoader
 
     cfg = _config(args)
@@ -71,10 +72,7 @@ def cmd_stream(args) -> int:
         print(dump_config(cfg))
         return 0
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if rank == 0:
-        ensure_corpus(cfg)
-    elif world > 1:
-        _wait_for(os.path.join(cfg.data.root, "manifest.parquet"))
+    ensure_corpus_on_rank(cfg, rank)
     loader = EEGImageLoader(cfg.data, args.split, train=args.split == "train", rank=rank, world_size=world)
     start = time.perf_counter()
     samples = nbytes = batches = 0
@@ -91,13 +89,35 @@ def cmd_stream(args) -> int:
     return 0
 
 
-def _wait_for(path: str, timeout: float = 3600) -> None:
-    """Non-zero ranks wait for rank 0 to publish the manifest (written atomically)."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"rank 0 did not write {path} within {timeout:.0f} s")
-        time.sleep(0.5)
+def cmd_train(args) -> int:
+    from ..train.run import run
+
+    cfg = _config(args)
+    if args.dry_run:
+        print(dump_config(cfg))
+        return 0
+    run(cfg, resume=args.resume)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    """EEG trial(s) → PNG images with a released model directory."""
+    import numpy as np
+    from PIL import Image
+
+    from ..models.pipeline import EEG2IMPipeline
+
+    pipeline = EEG2IMPipeline(args.model, device=args.device)
+    trials = np.load(args.eeg, allow_pickle=False)
+    trials = trials[None] if trials.ndim == 2 else trials
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for t, trial in enumerate(trials):
+        images = pipeline.generate(trial, args.num_images, args.guidance, args.steps, args.sampler, args.seed + t)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(out / f"trial{t:04d}_image{i:02d}.png")
+    print(f"wrote {len(trials) * args.num_images} images to {out}")
+    return 0
 
 
 def _config(args) -> Config:
@@ -112,10 +132,30 @@ def build_parser() -> argparse.ArgumentParser:
     stream = sub.add_parser("stream", help="stream one epoch of a split and print throughput")
     _add_config_args(stream)
     stream.add_argument("--split", default="train", choices=["train", "val", "test"])
+    train = sub.add_parser("train", help="train EEG2IM stages (single process; use launchers/train.py under "
+                                         "deepspeed/torchrun for several ranks)")
+    _add_config_args(train)
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoints")
+    generate = sub.add_parser("generate", help="generate images from EEG trials with a released model")
+    generate.add_argument("--model", required=True, help="release directory (RUN_DIR/model)")
+    generate.add_argument("--eeg", required=True, help=".npy trial [channels, time] or trials [N, channels, time]")
+    generate.add_argument("--out", required=True, help="output directory for PNGs")
+    generate.add_argument("--num-images", type=int, default=4)
+    generate.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    generate.add_argument("--steps", type=int, default=None, help="sampler steps")
+    generate.add_argument("--sampler", choices=["ddim", "dpm"], default=None)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--device", default="cuda" if _cuda() else "cpu")
     return parser
 
 
-COMMANDS = {"synth": cmd_synth, "stream": cmd_stream}
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+COMMANDS = {"synth": cmd_synth, "stream": cmd_stream, "train": cmd_train, "generate": cmd_generate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as exc:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"eeg2im {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

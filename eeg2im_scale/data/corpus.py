@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
@@ -62,3 +63,18 @@ def ensure_corpus(cfg: Config) -> Path:
         raise FileNotFoundError(f"no corpus at {cfg.data.root} ({manifest} missing) and data.synthesize is false")
     log.info("synthesizing %d samples into %s", cfg.synth.num_samples, cfg.data.root)
     return write_synthetic(cfg.synth, cfg.data.root)
+
+
+def ensure_corpus_on_rank(cfg: Config, rank: int, timeout_s: float = 24 * 3600) -> Path:
+    """Rank 0 makes sure the corpus exists; the others wait for its manifest (published by an
+    atomic rename, so its presence means the corpus is complete). Runs before the process group
+    exists, so a long synthesis cannot trip the collective timeout."""
+    if rank == 0:
+        return ensure_corpus(cfg)
+    manifest = Path(cfg.data.root) / MANIFEST
+    deadline = time.monotonic() + timeout_s
+    while not manifest.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank 0 did not write {manifest} within {timeout_s:.0f} s")
+        time.sleep(0.5)
+    return manifest

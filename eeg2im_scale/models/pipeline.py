@@ -1,0 +1,151 @@
+"""The released model: a self-describing directory, and the EEG → image pipeline that loads it.
+
+A release holds everything inference needs and nothing from the training run: safetensors
+weights (EEG encoders, the EMA UNet, the fine-tuned teacher for evaluation), the resolved config,
+``corpus.json`` (channel names, sampling rate, class names, normalisation statistics, EEG window
+and band-pass) and a model card. It loads on a machine that never saw the training run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from ..config import Config, config_from_dict, to_dict
+from ..data.manifest import Manifest
+from ..data.preprocess import EEGPreprocess, bandpass_sos
+from .autoencoder import from_unit_range
+from .sampling import sample
+from .teacher import Teacher
+
+WEIGHTS = {"highlevel": "highlevel.safetensors", "lowlevel": "lowlevel.safetensors", "unet": "unet.safetensors",
+           "teacher": "teacher.safetensors"}
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
+
+
+def export_release(cfg: Config, out: Path) -> Path:
+    """Assemble ``out`` from the run's stage exports (EMA weights for the UNet)."""
+    from ..train.stages import stage_weights
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_strip(load_file(str(stage_weights(cfg, "highlevel"))), "encoder."), str(tmp / WEIGHTS["highlevel"]))
+    save_file(_strip(load_file(str(stage_weights(cfg, "lowlevel"))), "encoder."), str(tmp / WEIGHTS["lowlevel"]))
+    save_file(_strip(load_file(str(stage_weights(cfg, "diffusion"))), "ema.unet."), str(tmp / WEIGHTS["unet"]))
+    save_file(_strip(load_file(str(stage_weights(cfg, "teacher"))), "teacher."), str(tmp / WEIGHTS["teacher"]))
+    manifest = Manifest(cfg.data.root)
+    info = manifest.info
+    mean, std = manifest.eeg_stats(cfg.data.split_by)
+    corpus = {
+        "channel_names": info["channel_names"], "sfreq": info["sfreq"], "time_points": info["time_points"],
+        "class_names": info["class_names"], "source": info.get("source"), "split_by": cfg.data.split_by,
+        "eeg_window": list(cfg.data.eeg_window) if cfg.data.eeg_window else None,
+        "bandpass": list(cfg.data.bandpass) if cfg.data.bandpass else None,
+        "normalize": cfg.data.normalize, "eeg_mean": mean.tolist(), "eeg_std": std.tolist(),
+        "image_size": cfg.data.image_size,
+        "split_counts": {s: manifest.count(cfg.data.split_by, s) for s in ("train", "val", "test")},
+    }
+    (tmp / "corpus.json").write_text(json.dumps(corpus, indent=1))
+    (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    (tmp / "README.md").write_text(model_card(cfg, corpus))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def model_card(cfg: Config, corpus: dict) -> str:
+    m = cfg.model
+    counts = corpus["split_counts"]
+    metrics_path = Path(cfg.run_dir) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    return "\n".join([
+        "# EEG2IM model (eeg2im_scale)",
+        "",
+        "EEG → image generation with multi-level EEG semantics: a high-level (semantic) EEG encoder distilled",
+        "from a ResNet50 teacher and a low-level EEG encoder aligned with an image autoencoder condition a",
+        "diffusion UNet through FiLM.",
+        "",
+        "## Data",
+        f"- corpus: `{cfg.data.root}` (source: {corpus['source']}), {len(corpus['channel_names'])} channels × "
+        f"{corpus['time_points']} samples at {corpus['sfreq']} Hz, {len(corpus['class_names'])} classes",
+        f"- split scheme: `{corpus['split_by']}`; train/val/test trials: {counts['train']}/{counts['val']}/{counts['test']}",
+        f"- EEG window: {corpus['eeg_window']}, band-pass: {corpus['bandpass']}, z-scored with training statistics",
+        "",
+        "## Models",
+        f"- high-level encoder: braindecode `{m.highlevel.backbone}`, embedding {m.highlevel.embed_dim}",
+        f"- low-level encoder: braindecode `{m.lowlevel.backbone}`, latent {m.lowlevel.latent_dim}",
+        f"- FiLM UNet: channels {list(m.diffusion.block_channels)}, {m.diffusion.prediction_type} prediction, "
+        f"image size {corpus['image_size']}; weights are the EMA (half-life {cfg.train.ema_halflife_kimg} kimg)",
+        "",
+        "## Metrics",
+        "```json\n" + json.dumps(metrics, indent=1) + "\n```" if metrics else "Not evaluated yet.",
+        "",
+        "## Use",
+        "```",
+        "eeg2im generate --model <this directory> --eeg TRIAL.npy --out OUT --num-images 4 --guidance 3",
+        "```",
+        "",
+    ])
+
+
+class EEG2IMPipeline:
+    """Loads a release directory; ``generate`` turns one raw EEG trial into images."""
+
+    def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu"):
+        from ..train.stages import Geometry, build_highlevel, build_lowlevel, build_unet
+
+        self.dir = Path(model_dir)
+        missing = [name for name in [*WEIGHTS.values(), "corpus.json", "config.yaml"] if not (self.dir / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.dir} is not an eeg2im model directory: missing {', '.join(missing)}")
+        self.cfg: Config = config_from_dict(yaml.safe_load((self.dir / "config.yaml").read_text()))
+        self.corpus = json.loads((self.dir / "corpus.json").read_text())
+        self.device = torch.device(device)
+        geo = Geometry(self.cfg, self.corpus)
+        self.highlevel = self._load(build_highlevel(self.cfg, geo), "highlevel")
+        self.lowlevel = self._load(build_lowlevel(self.cfg, geo)[1], "lowlevel")
+        self.unet = self._load(build_unet(self.cfg, geo), "unet")
+        self.teacher = self._load(Teacher(self.cfg.model.teacher, geo.num_classes), "teacher")
+        c = self.corpus
+        self.preprocess = EEGPreprocess(
+            tuple(c["eeg_window"]) if c["eeg_window"] else None,
+            np.asarray(c["eeg_mean"], np.float32) if c["normalize"] else None,
+            np.asarray(c["eeg_std"], np.float32) if c["normalize"] else None,
+            bandpass_sos(*c["bandpass"], c["sfreq"]) if c["bandpass"] else None)
+
+    def _load(self, module: torch.nn.Module, name: str) -> torch.nn.Module:
+        module.load_state_dict(load_file(str(self.dir / WEIGHTS[name])), strict=True)
+        return module.to(self.device).eval().requires_grad_(False)
+
+    def condition(self, eeg: torch.Tensor) -> torch.Tensor:
+        from ..train.stages import condition
+
+        return condition(self.highlevel, self.lowlevel, eeg)
+
+    @torch.no_grad()
+    def generate(self, eeg: np.ndarray, num_images: int = 4, guidance_scale: float | None = None,
+                 steps: int | None = None, sampler: str | None = None, seed: int = 0) -> np.ndarray:
+        """Raw EEG trial [channels, time] (as stored in the corpus) → uint8 images [N, H, W, 3]."""
+        expected = (len(self.corpus["channel_names"]), int(self.corpus["time_points"]))
+        if eeg.shape != expected:
+            raise ValueError(f"EEG trial has shape {eeg.shape}, this model expects {expected} (channels, time)")
+        x = torch.from_numpy(self.preprocess(np.asarray(eeg, np.float32))).to(self.device)
+        cond = self.condition(x[None].expand(num_images, -1, -1))
+        d = self.cfg.model.diffusion
+        generator = torch.Generator(self.device).manual_seed(seed)
+        images = sample(self.unet, cond, sampler or d.sampler, steps or d.sample_steps,
+                        d.guidance_scale if guidance_scale is None else guidance_scale,
+                        self.corpus["image_size"], generator)
+        return from_unit_range(images).permute(0, 2, 3, 1).cpu().numpy()
+

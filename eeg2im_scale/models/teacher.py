@@ -1,0 +1,117 @@
+"""The ResNet50 image teacher whose logits (response KD) and pooled features (feature KD) the
+high-level EEG encoder learns from.
+
+ImageNet weights are only ever read from disk — ``model.teacher.weights`` or torchvision's own
+file in the torch hub cache — so a training job on an offline cluster fails at start-up with
+instructions rather than hanging on a download.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet50
+
+from eeg2im_scale.config import TeacherConfig
+from eeg2im_scale.models.autoencoder import to_unit_range
+
+log = logging.getLogger(__name__)
+
+FEATURE_DIM = 2048
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_FILENAME = "resnet50-0676ba61.pth"  # the name torchvision gives ResNet50_Weights.IMAGENET1K_V1
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained teacher weights were requested but no local file provides them."""
+
+
+def hub_checkpoint_dir() -> Path:
+    """Where torchvision caches downloaded weights (honours ``TORCH_HOME``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def find_imagenet_weights(cfg: TeacherConfig) -> Path:
+    """The state-dict file to load: ``cfg.weights`` if set, else torchvision's file in the hub cache."""
+    if cfg.weights is not None:
+        path = Path(cfg.weights).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"model.teacher.weights points to {path}, which does not exist. Set it to a "
+                                       f"torchvision resnet50 state dict (.pth or .safetensors).")
+        return path
+    cached = sorted(hub_checkpoint_dir().glob("resnet50-*.pth"))
+    if not cached:
+        raise WeightsNotFoundError(
+            "model.teacher.pretrained=true but no ResNet50 ImageNet weights were found, and nothing is downloaded. "
+            f"Either set model.teacher.weights=/path/to/resnet50.pth (a torchvision resnet50 state dict, .pth or "
+            f".safetensors), or place torchvision's file as {hub_checkpoint_dir() / TORCHVISION_FILENAME} "
+            "(the torch hub cache; TORCH_HOME moves it). Or set model.teacher.pretrained=false to start from scratch.")
+    return cached[0]
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors only: ``weights_only=True`` for .pth, safetensors otherwise — never arbitrary pickles."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class Teacher(nn.Module):
+    """ResNet50 trunk + a ``num_classes`` linear head.
+
+    ``forward`` takes the loader's uint8 images (or float images in [-1, 1], e.g. generated ones),
+    so ImageNet normalisation and resizing live with the model that needs them.
+    """
+
+    def __init__(self, cfg: TeacherConfig, num_classes: int):
+        super().__init__()
+        self.input_size = cfg.input_size
+        self.trunk = resnet50(weights=None)
+        self.trunk.fc = nn.Identity()  # the trunk ends at the global-average-pooled 2048-d feature
+        self.head = nn.Linear(FEATURE_DIM, num_classes)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def load_imagenet(self, state: dict[str, torch.Tensor], source: Path) -> None:
+        """Load a torchvision resnet50 state dict; its ``fc`` is kept only if it already has our class count."""
+        fc = {k.removeprefix("fc."): v for k, v in state.items() if k.startswith("fc.")}
+        try:
+            self.trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{source} is not a torchvision resnet50 state dict: {exc}") from exc
+        keep_head = "weight" in fc and fc["weight"].shape == self.head.weight.shape
+        if keep_head:
+            self.head.load_state_dict(fc)
+        log.info("teacher: ResNet50 weights from %s (%s head)", source, "loaded" if keep_head else "new")
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [-1, 1] float → ImageNet-normalised float at ``input_size``."""
+        if images.dtype == torch.uint8:
+            images = to_unit_range(images)
+        images = (images + 1) / 2
+        if images.shape[-2:] != (self.input_size, self.input_size):
+            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
+                                   align_corners=False, antialias=True)
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """→ (logits [B, num_classes], pooled features [B, 2048])."""
+        features = self.trunk(self.preprocess(images))
+        return self.head(features), features
+
+
+def build_teacher(cfg: TeacherConfig, num_classes: int) -> Teacher:
+    """A :class:`Teacher`, with ImageNet weights from disk when ``cfg.pretrained`` (see :func:`find_imagenet_weights`)."""
+    teacher = Teacher(cfg, num_classes)
+    if cfg.pretrained:
+        path = find_imagenet_weights(cfg)
+        teacher.load_imagenet(load_state_dict_file(path), path)
+    elif cfg.weights is not None:
+        log.warning("model.teacher.weights=%s is ignored because model.teacher.pretrained=false", cfg.weights)
+    return teacher

@@ -1,0 +1,66 @@
+"""The DeepSpeed config of a stage, generated from the typed config (and optionally patched)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import ConfigError, StageConfig, TrainConfig
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _scheduler(train: TrainConfig, stage: StageConfig) -> dict:
+    warmup = min(stage.warmup_steps, max(stage.steps - 1, 0))
+    if train.lr_schedule == "cosine":
+        return {"type": "WarmupCosineLR", "params": {"total_num_steps": stage.steps, "warmup_num_steps": warmup,
+                                                     "warmup_min_ratio": 0.0, "cos_min_ratio": 0.1}}
+    if train.lr_schedule == "linear":
+        return {"type": "WarmupDecayLR", "params": {"total_num_steps": stage.steps, "warmup_num_steps": warmup,
+                                                    "warmup_min_lr": 0.0, "warmup_max_lr": stage.lr}}
+    return {"type": "WarmupLR", "params": {"warmup_num_steps": warmup, "warmup_min_lr": 0.0, "warmup_max_lr": stage.lr}}
+
+
+def build_deepspeed_config(train: TrainConfig, stage: StageConfig, micro_batch: int, world_size: int,
+                           on_gpu: bool) -> dict:
+    """ZeRO stage, precision, accumulation, clipping, AdamW and warm-up/decay for one stage.
+
+    AdamW is PyTorch's (``torch_adam``) so no C++/CUDA op is JIT-compiled; a user JSON
+    (``train.deepspeed_config``) may replace any of it, e.g. with DeepSpeed's FusedAdam.
+    """
+    if train.precision == "fp16" and not on_gpu:
+        raise ConfigError("train.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    zero: dict = {"stage": train.zero_stage}
+    if train.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": micro_batch * train.grad_accum * world_size,
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": zero,
+        "optimizer": {"type": "AdamW", "params": {"lr": stage.lr, "weight_decay": stage.weight_decay,
+                                                  "betas": [0.9, 0.999], "eps": 1e-8, "torch_adam": True}},
+        "scheduler": _scheduler(train, stage),
+        "bf16": {"enabled": train.precision == "bf16"},
+        "fp16": {"enabled": train.precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if train.deepspeed_config:
+        path = Path(train.deepspeed_config)
+        if not path.is_file():
+            raise ConfigError(f"train.deepspeed_config: file not found: {path}")
+        _merge(config, json.loads(path.read_text()))
+        expected = config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"] * world_size
+        if config["train_batch_size"] != expected:
+            raise ConfigError(f"{path}: train_batch_size {config['train_batch_size']} != micro batch × accumulation × "
+                              f"world size = {expected}")
+    return config

@@ -1,0 +1,205 @@
+"""The training loop of one stage: DeepSpeed engine, streaming data, checkpoints, telemetry.
+
+It orchestrates and does not compute: the stage object (``stages.py``) owns the model and its
+loss; the loader owns data order and position; ``checkpoint`` owns persistence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import deepspeed
+import torch
+from safetensors.torch import save_file
+
+from ..config import Config
+from ..data.loader import EEGImageLoader
+from . import checkpoint
+from .distributed import DistInfo, all_reduce_sum, barrier
+from .ds_config import build_deepspeed_config
+from .metrics import MetricsWriter, peak_memory_mib, training_flops_per_sample
+from .stages import Stage, build_stage, stage_dir
+
+log = logging.getLogger(__name__)
+
+
+def move_batch(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """Tensors to the device; floating tensors (the EEG) to the engine's compute dtype."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if value.is_floating_point():
+                value = value.to(dtype)
+        out[key] = value
+    return out
+
+
+def compute_dtype(cfg: Config) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
+
+
+def _epochs(loader: EEGImageLoader):
+    """Endless batches; each pass over ``loader`` is one epoch (its position is resumable)."""
+    while True:
+        yield from loader
+
+
+def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) -> Path | None:
+    """Train stage ``name`` to ``train.<name>.steps`` optimizer steps and export its fp32 weights.
+
+    Returns the exported weights (``stages/<name>/final.safetensors``), or None when the run
+    halted early (``train.halt_after``) and the stage is to be resumed.
+    """
+    out = stage_dir(cfg, name)
+    final = out / "final.safetensors"
+    if resume and final.is_file():
+        log.info("stage %s already finished (%s); skipping", name, final)
+        return final
+    stage_cfg = cfg.train.stage_config(name)
+    torch.manual_seed(cfg.train.seed + dist.rank)
+    stage: Stage = build_stage(name, cfg, dist.device)
+    loader = EEGImageLoader(cfg.data, "train", rank=dist.rank, world_size=dist.world_size)
+    ds_config = build_deepspeed_config(cfg.train, stage_cfg, cfg.data.batch_size, dist.world_size,
+                                       dist.device.type == "cuda")
+    engine, _, _, _ = deepspeed.initialize(model=stage.module, config=ds_config,
+                                           model_parameters=[p for p in stage.module.parameters() if p.requires_grad])
+    stage.attach(engine)
+    dtype = compute_dtype(cfg)
+    ckpt_dir = out / "checkpoints"
+    step = 0
+    if resume and (restored := checkpoint.load(engine, ckpt_dir, dist.rank)) is not None:
+        step, client = restored
+        loader.load_state_dict(client["loader"])
+        stage.load_extra_state(ckpt_dir / checkpoint.latest_tag(ckpt_dir))
+        log.info("stage %s resumed at step %d (epoch %d, batch %d)", name, step, loader.state.epoch,
+                 loader.state.batches_done)
+    metrics = MetricsWriter(out, dist.is_main)
+    if dist.is_main:
+        log.info("stage %s: %d steps, global batch %d, %d samples/epoch, ZeRO-%s, %s", name, stage_cfg.steps,
+                 ds_config["train_batch_size"], loader.samples_per_epoch,
+                 ds_config["zero_optimization"]["stage"], cfg.train.precision)
+    images_per_step = ds_config["train_batch_size"]
+    flops_per_sample = None
+    window = _new_window()
+    batches = _epochs(loader)
+    halt_at = step + cfg.train.halt_after if cfg.train.halt_after else None
+    engine.train()
+    while step < stage_cfg.steps and step != halt_at:
+        tick = time.perf_counter()
+        batch = move_batch(next(batches), dist.device, dtype)
+        fetched = time.perf_counter()
+        if flops_per_sample is None:
+            flops_per_sample = training_flops_per_sample(lambda: engine(batch), len(batch["key"]))
+        loss, terms = engine(batch)
+        engine.backward(loss)
+        engine.step()
+        if dist.device.type == "cuda":
+            torch.cuda.synchronize(dist.device)
+        _accumulate(window, {"loss": loss, **terms}, len(batch["key"]), fetched - tick, time.perf_counter() - fetched)
+        if engine.global_steps == step:
+            continue  # inside a gradient-accumulation cycle
+        step = engine.global_steps
+        stage.after_step(images_per_step)
+        if step % cfg.train.log_every == 0 or step == stage_cfg.steps:
+            _log_window(metrics, step, window, engine, flops_per_sample, dist, loader)
+            window = _new_window()
+        if step % cfg.train.checkpoint_every == 0 or step in (stage_cfg.steps, halt_at):
+            tag = checkpoint.save(engine, ckpt_dir, step, dist.rank, {"loader": loader.state_dict()},
+                                  cfg.train.keep_checkpoints)
+            stage.save_extra_state(ckpt_dir / tag, dist.is_main)
+    metrics.close()
+    if step < stage_cfg.steps:
+        log.info("stage %s halted at step %d of %d (train.halt_after); continue with --resume", name, step,
+                 stage_cfg.steps)
+        return None
+    validation = validate(cfg, engine, dist, dtype)
+    if dist.is_main:
+        (out / "validation.json").write_text(json.dumps(validation, indent=1))
+        log.info("stage %s validation: %s", name, validation)
+    _export(cfg, stage, engine, ckpt_dir, dist, final)
+    return final
+
+
+def _new_window() -> dict:
+    return {"loss_sum": {}, "count": 0, "data_s": 0.0, "compute_s": 0.0, "samples": 0}
+
+
+def _accumulate(window: dict, terms: dict, samples: int, data_s: float, compute_s: float) -> None:
+    window["data_s"] += data_s
+    window["compute_s"] += compute_s
+    window["samples"] += samples
+    window["count"] += 1
+    for key, value in terms.items():
+        window["loss_sum"][key] = window["loss_sum"].get(key, 0.0) + float(value)
+
+
+@torch.no_grad()
+def validate(cfg: Config, engine, dist: DistInfo, dtype: torch.dtype) -> dict:
+    """Mean loss terms over the validation split, every sample once across ranks.
+
+    Ranks hold different numbers of validation batches; under ZeRO-3 every forward is a
+    collective, so ranks that run out repeat their last batch with weight 0 until all are done.
+    """
+    loader = EEGImageLoader(cfg.data, "val", train=False, rank=dist.rank, world_size=dist.world_size)
+    batches = [b for b in loader if b["key"]]
+    counts = torch.zeros(dist.world_size, dtype=torch.float64)
+    counts[dist.rank] = len(batches)
+    most = int(all_reduce_sum(counts).max())
+    engine.eval()
+    sums: dict[str, float] = {}
+    weight_total = 0.0
+    for i in range(most):
+        batch = batches[min(i, len(batches) - 1)] if batches else None
+        if batch is None:
+            raise RuntimeError(f"rank {dist.rank} holds no validation shard; use fewer ranks or more shards")
+        weight = float(len(batch["key"])) if i < len(batches) else 0.0
+        _, terms = engine(move_batch(batch, dist.device, dtype))
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + weight * float(value)
+        weight_total += weight
+    engine.train()
+    names = sorted(sums)
+    totals = all_reduce_sum(torch.tensor([sums[n] for n in names] + [weight_total], dtype=torch.float64)).tolist()
+    return {"samples": int(totals[-1]), **{n: totals[i] / max(totals[-1], 1) for i, n in enumerate(names)}}
+
+
+def _log_window(metrics: MetricsWriter, step: int, window: dict, engine, flops_per_sample: float,
+                dist: DistInfo, loader: EEGImageLoader) -> None:
+    """Average the window's losses over micro-steps and ranks; sum throughput over ranks."""
+    names = sorted(window["loss_sum"])
+    local = [window["loss_sum"][n] / window["count"] for n in names]
+    local += [window["samples"], window["data_s"], window["compute_s"]]
+    totals = all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
+    ranks = dist.world_size
+    losses = {n: totals[i] / ranks for i, n in enumerate(names)}
+    samples, data_s, compute_s = totals[len(names)], totals[len(names) + 1] / ranks, totals[len(names) + 2] / ranks
+    wall = data_s + compute_s
+    values = {**{f"loss/{k}": round(v, 6) for k, v in losses.items()},
+              "lr": engine.get_lr()[0], "samples_per_s": round(samples / wall, 2),
+              "data_wait_fraction": round(data_s / wall, 4), "step_time_s": round(wall / window["count"], 4),
+              "tflops_per_s": round(samples * flops_per_sample / wall / 1e12, 6),
+              "peak_memory_mib": round(peak_memory_mib(dist.device), 1),
+              "kimg": round(step * engine.train_batch_size() / 1000, 3), "epoch": loader.state.epoch,
+              "dropped_samples": loader.state.dropped}
+    metrics.write(step, values)
+    if dist.is_main:
+        log.info("step %d %s", step, " ".join(f"{k}={v}" for k, v in values.items()))
+
+
+def _export(cfg: Config, stage: Stage, engine, ckpt_dir: Path, dist: DistInfo, final: Path) -> None:
+    """Consolidated fp32 weights (zero_to_fp32) of the trained module, written by rank 0."""
+    barrier()
+    tag = checkpoint.latest_tag(ckpt_dir)
+    zero_stage = engine.zero_optimization_stage()
+    if dist.is_main:
+        state = checkpoint.consolidated_state_dict(engine, ckpt_dir, tag, zero_stage)
+        tensors = stage.export_tensors(state)
+        tmp = final.with_suffix(".tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(final)
+        log.info("stage %s exported %d tensors to %s", stage.name, len(tensors), final)
+    barrier()

@@ -1,0 +1,254 @@
+"""The four EEG2IM training stages as modules DeepSpeed can own.
+
+Each stage's trainable module computes its own loss in ``forward(batch) -> (loss, terms)``, so
+the loop stays generic. Frozen networks from earlier stages (the teacher for KD, the encoders
+that condition the UNet) are held *outside* the module: DeepSpeed neither partitions, casts nor
+checkpoints them, and a stage's export holds only what that stage trained.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import STAGES, Config
+from ..data.manifest import Manifest
+from ..models.autoencoder import ImageAutoencoder, to_unit_range
+from ..models.eeg_encoders import HighLevelEncoder, LowLevelEncoder
+from ..models.film_unet import FiLMUNet
+from ..models.losses import diffusion_loss, highlevel_loss, lowlevel_loss
+from ..models.sampling import diffusion_training_target, make_train_scheduler
+from ..models.teacher import Teacher, build_teacher
+from .ema import EMA, ema_beta
+
+log = logging.getLogger(__name__)
+
+DEPENDENCIES = {"teacher": (), "lowlevel": (), "highlevel": ("teacher",), "diffusion": ("lowlevel", "highlevel")}
+
+
+def stage_dir(cfg: Config, name: str) -> Path:
+    return Path(cfg.run_dir) / "stages" / name
+
+
+def stage_weights(cfg: Config, name: str) -> Path:
+    return stage_dir(cfg, name) / "final.safetensors"
+
+
+def missing_dependencies(cfg: Config, stages: list[str]) -> list[str]:
+    """Earlier stages that ``stages`` need, that are neither planned in this run nor on disk."""
+    planned = set(stages)
+    needed = {dep for s in stages for dep in DEPENDENCIES[s]}
+    return [d for d in STAGES if d in needed and d not in planned and not stage_weights(cfg, d).is_file()]
+
+
+def _param_dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+def _images(batch: dict, dtype: torch.dtype) -> torch.Tensor:
+    """The loader's uint8 images as [-1, 1] floats in the module's dtype."""
+    return to_unit_range(batch["image"]).to(dtype)
+
+
+# ---- model construction, shared by training, export and inference --------------------------------
+
+
+class Geometry:
+    """What the models need to know about the data: EEG shape after the window, classes, image size."""
+
+    def __init__(self, cfg: Config, info: dict):
+        channels = len(info["channel_names"])
+        time_points = int(info["time_points"])
+        if cfg.data.eeg_window is not None:
+            time_points = cfg.data.eeg_window[1] - cfg.data.eeg_window[0]
+        self.n_chans, self.n_times, self.sfreq = channels, time_points, float(info["sfreq"])
+        self.num_classes = len(info["class_names"])
+        self.image_size = cfg.data.image_size
+
+
+def build_teacher_model(cfg: Config, geo: Geometry) -> nn.Module:
+    return build_teacher(cfg.model.teacher, geo.num_classes)
+
+
+def build_highlevel(cfg: Config, geo: Geometry) -> HighLevelEncoder:
+    return HighLevelEncoder(cfg.model.highlevel, geo.n_chans, geo.n_times, geo.sfreq, geo.num_classes)
+
+
+def build_lowlevel(cfg: Config, geo: Geometry) -> tuple[ImageAutoencoder, LowLevelEncoder]:
+    return (ImageAutoencoder(cfg.model.lowlevel, geo.image_size),
+            LowLevelEncoder(cfg.model.lowlevel, geo.n_chans, geo.n_times, geo.sfreq))
+
+
+def build_unet(cfg: Config, geo: Geometry) -> FiLMUNet:
+    cond_dim = cfg.model.highlevel.embed_dim + cfg.model.lowlevel.latent_dim
+    return FiLMUNet(cfg.model.diffusion, geo.image_size, cond_dim, cfg.model.attention)
+
+
+def load_prefixed(module: nn.Module, path: Path, prefix: str) -> nn.Module:
+    """Load the ``prefix.``-named tensors of a stage export into ``module`` (strictly)."""
+    state = {k[len(prefix) + 1:]: v for k, v in load_file(str(path)).items() if k.startswith(prefix + ".")}
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def frozen(module: nn.Module, device: torch.device) -> nn.Module:
+    module.eval().requires_grad_(False)
+    return module.to(device)
+
+
+def condition(high: HighLevelEncoder, low: LowLevelEncoder, eeg: torch.Tensor) -> torch.Tensor:
+    """The FiLM conditioning vector: [high-level embedding, low-level latent] of the EEG."""
+    eeg = eeg.float()
+    return torch.cat([high(eeg)["embedding"], low(eeg)], dim=1)
+
+
+# ---- trainable stage modules ------------------------------------------------------------------
+
+
+class TeacherModule(nn.Module):
+    """Fine-tunes ResNet50 on the training images so its logits cover the dataset's classes."""
+
+    def __init__(self, teacher: nn.Module):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, batch: dict):
+        logits, _ = self.teacher(_images(batch, _param_dtype(self)))
+        loss = F.cross_entropy(logits.float(), batch["label"])
+        accuracy = (logits.argmax(1) == batch["label"]).float().mean()
+        return loss, {"ce": loss.detach(), "accuracy": accuracy}
+
+
+class LowLevelModule(nn.Module):
+    """Image autoencoder and low-level EEG encoder, trained jointly."""
+
+    def __init__(self, autoencoder: ImageAutoencoder, encoder: LowLevelEncoder, cfg: Config):
+        super().__init__()
+        self.autoencoder, self.encoder, self.cfg = autoencoder, encoder, cfg.model.lowlevel
+
+    def forward(self, batch: dict):
+        images = _images(batch, _param_dtype(self))
+        recon, image_latent = self.autoencoder(images)
+        eeg_latent = self.encoder(batch["eeg"])
+        return lowlevel_loss(recon.float(), images.float(), eeg_latent.float(), image_latent.float(), self.cfg)
+
+
+class HighLevelModule(nn.Module):
+    """EEG semantic encoder distilled from the (frozen) fine-tuned teacher."""
+
+    def __init__(self, encoder: HighLevelEncoder, teacher: nn.Module, cfg: Config):
+        super().__init__()
+        self.encoder, self.cfg = encoder, cfg.model.highlevel
+        self._teacher = [teacher]  # a list keeps it out of the module tree (not trained, cast or saved)
+
+    def forward(self, batch: dict):
+        outputs = {k: v.float() for k, v in self.encoder(batch["eeg"]).items()}
+        with torch.no_grad():
+            teacher_logits, teacher_features = self._teacher[0](to_unit_range(batch["image"]))
+        loss, terms = highlevel_loss(outputs, batch["label"], teacher_logits.float(), teacher_features.float(),
+                                     self.cfg)
+        terms["accuracy"] = (outputs["logits"].argmax(1) == batch["label"]).float().mean()
+        return loss, terms
+
+
+class DiffusionModule(nn.Module):
+    """DDPM training of the FiLM UNet on the frozen encoders' conditioning vector."""
+
+    def __init__(self, unet: FiLMUNet, high: HighLevelEncoder, low: LowLevelEncoder, cfg: Config):
+        super().__init__()
+        self.unet = unet
+        self._encoders = [high, low]
+        self.scheduler = make_train_scheduler(cfg.model.diffusion)
+
+    def forward(self, batch: dict):
+        dtype = _param_dtype(self)
+        clean = _images(batch, dtype)
+        with torch.no_grad():
+            cond = condition(*self._encoders, batch["eeg"]).to(dtype)
+        noise = torch.randn_like(clean)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(clean),), device=clean.device)
+        noisy = self.scheduler.add_noise(clean, noise, timesteps)
+        target = diffusion_training_target(self.scheduler, clean, noise, timesteps)
+        drop = self.unet.random_drop_mask(len(clean), clean.device)
+        prediction = self.unet(noisy, timesteps, cond, drop)
+        loss = diffusion_loss(prediction.float(), target.float())
+        return loss, {"mse": loss.detach()}
+
+
+# ---- the stage objects the loop drives ----------------------------------------------------------
+
+
+class Stage:
+    """A trainable module plus the hooks the loop calls around DeepSpeed."""
+
+    def __init__(self, name: str, module: nn.Module):
+        self.name, self.module, self.engine = name, module, None
+
+    def attach(self, engine) -> None:
+        self.engine = engine
+
+    def after_step(self, images_per_step: int) -> None:
+        """Called after every optimizer step."""
+
+    def save_extra_state(self, tag_dir: Path, is_main: bool) -> None:
+        """Extra state beside DeepSpeed's (rank 0 writes; called on every rank)."""
+
+    def load_extra_state(self, tag_dir: Path) -> None:
+        """Restore what :meth:`save_extra_state` wrote."""
+
+    def export_tensors(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return state
+
+
+class DiffusionStage(Stage):
+    """Adds an EMA of the UNet (half-life in kimg); the export carries it as ``ema.unet.*``."""
+
+    def __init__(self, module: DiffusionModule, halflife_kimg: float, zero_stage: int):
+        super().__init__("diffusion", module)
+        self.halflife_kimg, self.zero3 = halflife_kimg, zero_stage == 3
+        self.ema: EMA | None = None
+
+    def attach(self, engine) -> None:
+        super().attach(engine)
+        self.ema = EMA(engine.module.unet, zero3=self.zero3)
+
+    def after_step(self, images_per_step: int) -> None:
+        self.ema.update(self.engine.module.unet, ema_beta(images_per_step, self.halflife_kimg))
+
+    def save_extra_state(self, tag_dir: Path, is_main: bool) -> None:
+        if is_main:
+            save_file(self.ema.state_dict(), str(tag_dir / "ema.safetensors"))
+
+    def load_extra_state(self, tag_dir: Path) -> None:
+        self.ema.load_state_dict(load_file(str(tag_dir / "ema.safetensors")))
+
+    def export_tensors(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {**state, **{f"ema.unet.{k}": v for k, v in self.ema.state_dict().items()}}
+
+
+def build_stage(name: str, cfg: Config, device: torch.device) -> Stage:
+    """The stage ``name`` with its frozen dependencies loaded from earlier stages' exports."""
+    geo = Geometry(cfg, Manifest(cfg.data.root).info)
+    missing = missing_dependencies(cfg, [name])
+    if missing:
+        raise FileNotFoundError(f"stage {name} needs {', '.join(str(stage_weights(cfg, m)) for m in missing)}; "
+                                f"train those stages first (train.stage={missing[0]} or train.stage=all)")
+    if name == "teacher":
+        return Stage(name, TeacherModule(build_teacher_model(cfg, geo)))
+    if name == "lowlevel":
+        return Stage(name, LowLevelModule(*build_lowlevel(cfg, geo), cfg))
+    if name == "highlevel":
+        # the fine-tuned export replaces any ImageNet weights, so none are looked up here
+        teacher = load_prefixed(Teacher(cfg.model.teacher, geo.num_classes), stage_weights(cfg, "teacher"), "teacher")
+        return Stage(name, HighLevelModule(build_highlevel(cfg, geo), frozen(teacher, device), cfg))
+    if name == "diffusion":
+        high = load_prefixed(build_highlevel(cfg, geo), stage_weights(cfg, "highlevel"), "encoder")
+        low = load_prefixed(build_lowlevel(cfg, geo)[1], stage_weights(cfg, "lowlevel"), "encoder")
+        module = DiffusionModule(build_unet(cfg, geo), frozen(high, device), frozen(low, device), cfg)
+        return DiffusionStage(module, cfg.train.ema_halflife_kimg, cfg.train.zero_stage)
+    raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")

@@ -1,0 +1,306 @@
+"""Models: shapes and gradients at tiny sizes, offline teacher weights, FiLM conditioning,
+attention backend choice and guided sampling."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torchvision.models import resnet50
+
+from eeg2im_scale.config import DiffusionConfig, HighLevelConfig, LowLevelConfig, TeacherConfig
+from eeg2im_scale.models import (BACKBONES, AttentionBackendError, FiLMUNet, HighLevelEncoder, ImageAutoencoder,
+                                 LowLevelEncoder, WeightsNotFoundError, apply_attention_backend, build_backbone,
+                                 build_teacher, diffusion_training_target, from_unit_range, guided_prediction,
+                                 make_sampling_scheduler, make_train_scheduler, sample, select_attention_backend,
+                                 to_unit_range)
+from eeg2im_scale.models import attention as attention_module
+
+CHANS, TIMES, SFREQ, CLASSES, BATCH = 8, 128, 128.0, 5, 4
+IMAGE, COND = 16, 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """One intra-op thread: on a small shared CPU, two threads contend and run ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def eeg(batch: int = BATCH, times: int = TIMES) -> torch.Tensor:
+    return torch.randn(batch, CHANS, times, generator=torch.Generator().manual_seed(0))
+
+
+def uint8_images(batch: int = BATCH, size: int = IMAGE) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+
+def assert_all_parameters_get_gradient(module: torch.nn.Module) -> None:
+    missing = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+# ---------------------------------------------------------------------------------------------
+# EEG encoders
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_highlevel_encoder_shapes_and_backward(backbone):
+    encoder = HighLevelEncoder(HighLevelConfig(backbone=backbone, embed_dim=16), CHANS, TIMES, SFREQ, CLASSES,
+                               teacher_dim=32)
+    out = encoder(eeg())
+    assert out["embedding"].shape == (BATCH, 16)
+    assert out["logits"].shape == (BATCH, CLASSES)
+    assert out["teacher_proj"].shape == (BATCH, 32)
+    sum(o.square().mean() for o in out.values()).backward()
+    assert_all_parameters_get_gradient(encoder)
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_lowlevel_encoder_shapes_and_backward(backbone):
+    encoder = LowLevelEncoder(LowLevelConfig(backbone=backbone, latent_dim=24), CHANS, TIMES, SFREQ)
+    latent = encoder(eeg())
+    assert latent.shape == (BATCH, 24)
+    latent.square().mean().backward()
+    assert_all_parameters_get_gradient(encoder)
+
+
+def test_too_short_input_names_backbone_and_minimum():
+    with pytest.raises(ValueError, match=r"ShallowFBCSPNet needs at least 99 time points.*n_times=64"):
+        LowLevelEncoder(LowLevelConfig(backbone="ShallowFBCSPNet"), CHANS, 64, SFREQ)
+    build_backbone("ShallowFBCSPNet", CHANS, 99, SFREQ, 4)  # the reported minimum really builds
+
+
+def test_unknown_backbone_lists_choices():
+    with pytest.raises(ValueError, match="EEGNet"):
+        build_backbone("ResNet", CHANS, TIMES, SFREQ, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image autoencoder and pixel range
+
+
+def test_unit_range_round_trip():
+    images = uint8_images()
+    unit = to_unit_range(images)
+    assert unit.dtype == torch.float32 and unit.min() >= -1 and unit.max() <= 1
+    assert torch.equal(from_unit_range(unit), images)
+    with pytest.raises(TypeError):
+        to_unit_range(unit)
+
+
+def test_autoencoder_shapes_range_and_backward():
+    ae = ImageAutoencoder(LowLevelConfig(latent_dim=10, ae_channels=(8, 16)), IMAGE)
+    recon, latent = ae(to_unit_range(uint8_images()))
+    assert recon.shape == (BATCH, 3, IMAGE, IMAGE) and latent.shape == (BATCH, 10)
+    assert recon.min() >= -1 and recon.max() <= 1
+    assert torch.equal(ae.decode(ae.encode(to_unit_range(uint8_images()))), recon)
+    recon.square().mean().backward()
+    assert_all_parameters_get_gradient(ae)
+
+
+def test_autoencoder_rejects_indivisible_size():
+    with pytest.raises(ValueError, match="divisible"):
+        ImageAutoencoder(LowLevelConfig(ae_channels=(8, 16, 32)), 20)
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """A torch hub cache with nothing in it, whatever this machine has cached."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def test_teacher_without_pretrained_weights_runs_offline(empty_hub):
+    teacher = build_teacher(TeacherConfig(pretrained=False, input_size=32), CLASSES)
+    images = uint8_images(batch=2)
+    logits, features = teacher(images)
+    assert logits.shape == (2, CLASSES) and features.shape == (2, 2048)
+    assert teacher.preprocess(images).shape == (2, 3, 32, 32)
+    teacher.eval()
+    assert torch.allclose(teacher(images)[0], teacher(to_unit_range(images))[0], atol=1e-5)  # uint8 ≡ [-1, 1]
+    teacher.train()
+    logits.sum().backward()
+    assert teacher.trunk.conv1.weight.grad is not None
+
+
+def test_teacher_pretrained_without_file_explains_where_to_put_it(empty_hub):
+    with pytest.raises(WeightsNotFoundError) as info:
+        build_teacher(TeacherConfig(pretrained=True), CLASSES)
+    message = str(info.value)
+    assert "model.teacher.weights" in message and str(empty_hub) in message
+    assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(WeightsNotFoundError, match="model.teacher.weights"):
+        build_teacher(TeacherConfig(pretrained=True, weights=str(empty_hub / "missing.pth")), CLASSES)
+
+
+@pytest.fixture(scope="module")
+def resnet_state():
+    torch.manual_seed(0)
+    return {k: v.clone() for k, v in resnet50(weights=None).state_dict().items()}
+
+
+def assert_trunk_matches(teacher, state):
+    trunk = teacher.trunk.state_dict()
+    assert all(torch.equal(trunk[k], v) for k, v in state.items() if not k.startswith("fc."))
+
+
+def test_teacher_loads_pth_from_config_key(tmp_path, resnet_state, empty_hub):
+    path = tmp_path / "resnet50.pth"
+    torch.save(resnet_state, path)
+    teacher = build_teacher(TeacherConfig(pretrained=True, weights=str(path)), CLASSES)
+    assert_trunk_matches(teacher, resnet_state)
+    assert teacher.head.out_features == CLASSES  # the 1000-class ImageNet fc is replaced
+
+
+def test_teacher_loads_safetensors_and_keeps_a_matching_head(tmp_path, resnet_state, empty_hub):
+    state = dict(resnet_state, **{"fc.weight": torch.randn(CLASSES, 2048), "fc.bias": torch.randn(CLASSES)})
+    path = tmp_path / "teacher.safetensors"
+    save_file(state, str(path))
+    teacher = build_teacher(TeacherConfig(pretrained=True, weights=str(path)), CLASSES)
+    assert_trunk_matches(teacher, resnet_state)
+    assert torch.equal(teacher.head.weight, state["fc.weight"])
+
+
+def test_teacher_loads_from_hub_cache(resnet_state, empty_hub):
+    empty_hub.mkdir(parents=True)
+    torch.save(resnet_state, empty_hub / "resnet50-0676ba61.pth")
+    assert_trunk_matches(build_teacher(TeacherConfig(pretrained=True), CLASSES), resnet_state)
+
+
+# ---------------------------------------------------------------------------------------------
+# FiLM UNet, attention, sampling
+
+DIFFUSION = DiffusionConfig(block_channels=(32, 32), attention_levels=(False, True), layers_per_block=1,
+                            num_train_timesteps=100, cond_dropout=0.5)
+
+
+def film_unet(perturbed: bool = False) -> FiLMUNet:
+    torch.manual_seed(0)
+    unet = FiLMUNet(DIFFUSION, IMAGE, COND, attention="auto")
+    if perturbed:  # as after training: the condition now matters
+        torch.nn.init.normal_(unet.cond_projection[-1].weight, std=0.5)
+        torch.nn.init.normal_(unet.null_condition, std=1.0)
+    return unet
+
+
+def noisy_batch():
+    g = torch.Generator().manual_seed(2)
+    return (torch.randn(BATCH, 3, IMAGE, IMAGE, generator=g), torch.randint(0, 100, (BATCH,), generator=g),
+            torch.randn(BATCH, COND, generator=g), torch.randn(BATCH, COND, generator=g))
+
+
+def test_film_unet_structure_follows_config():
+    unet = film_unet()
+    assert [type(b).__name__ for b in unet.unet.down_blocks] == ["DownBlock2D", "AttnDownBlock2D"]
+    assert [type(b).__name__ for b in unet.unet.up_blocks] == ["AttnUpBlock2D", "UpBlock2D"]
+    assert unet.unet.config.resnet_time_scale_shift == "scale_shift"  # emb → per-channel scale and shift
+    assert unet.null_condition.shape == (COND,)
+
+
+def test_film_is_identity_at_init_and_conditions_after_perturbation():
+    x, t, cond_a, cond_b = noisy_batch()
+    unet = film_unet()
+    out = unet(x, t, cond_a)
+    assert out.shape == x.shape
+    assert torch.equal(out, unet(x, t, cond_b))
+    unet = film_unet(perturbed=True)
+    assert not torch.allclose(unet(x, t, cond_a), unet(x, t, cond_b), atol=1e-4)
+
+
+def test_conditioning_path_gets_gradient_at_zero_init():
+    x, t, cond, _ = noisy_batch()
+    unet = film_unet()
+    unet(x, t, cond).square().mean().backward()
+    assert unet.cond_projection[-1].weight.grad.abs().sum() > 0
+
+
+def test_null_condition_replaces_dropped_rows():
+    x, t, cond, _ = noisy_batch()
+    unet = film_unet(perturbed=True)
+    drop = torch.tensor([True, False, True, False])
+    replaced = unet.apply_null_condition(cond, drop)
+    assert torch.equal(replaced[~drop], cond[~drop])
+    assert torch.equal(replaced[drop], unet.null_condition.detach().expand(2, COND))
+    assert torch.allclose(unet(x, t, cond, drop), unet(x, t, replaced), atol=1e-6)
+    rate = unet.random_drop_mask(4000, generator=torch.Generator().manual_seed(0)).float().mean()
+    assert abs(rate - DIFFUSION.cond_dropout) < 0.05
+
+
+def test_attention_backend_selection(monkeypatch, caplog):
+    with caplog.at_level(logging.INFO, logger=attention_module.__name__):
+        assert select_attention_backend("auto", "cpu") == "sdpa"
+    assert "sdpa" in caplog.text
+    assert select_attention_backend("sdpa", "cpu") == "sdpa"
+    with pytest.raises(AttentionBackendError, match="CUDA"):
+        select_attention_backend("xformers", "cpu")
+    with pytest.raises(ValueError):
+        select_attention_backend("flash", "cpu")
+    # on a CUDA machine, the choice follows whether xformers imports
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention_module, "_xformers_importable", lambda: (False, "No module named 'xformers'"))
+    assert select_attention_backend("auto", "cuda") == "sdpa"
+    with pytest.raises(AttentionBackendError, match="xformers cannot be imported"):
+        select_attention_backend("xformers", "cuda")
+    monkeypatch.setattr(attention_module, "_xformers_importable", lambda: (True, ""))
+    assert select_attention_backend("auto", "cuda") == "xformers"
+
+
+def test_apply_attention_backend_sets_sdpa_processors():
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+    unet = film_unet()
+    assert apply_attention_backend(unet, "sdpa") > 0
+    assert all(isinstance(m.processor, AttnProcessor2_0) for m in unet.modules() if isinstance(m, Attention))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_sampling_returns_finite_images(sampler):
+    unet = film_unet(perturbed=True)
+    cond = noisy_batch()[2][:2]
+    images = sample(unet, cond, sampler, 3, 3.0, IMAGE, torch.Generator().manual_seed(0))
+    assert images.shape == (2, 3, IMAGE, IMAGE)
+    assert torch.isfinite(images).all() and images.min() >= -1 and images.max() <= 1
+    assert torch.equal(images, sample(unet, cond, sampler, 3, 3.0, IMAGE, torch.Generator().manual_seed(0)))
+
+
+def test_guidance_scale_one_is_the_conditional_path():
+    unet = film_unet(perturbed=True)
+    cond = noisy_batch()[2][:2]
+    guided = sample(unet, cond, "ddim", 3, 1.0, IMAGE, torch.Generator().manual_seed(0))
+    scheduler = make_sampling_scheduler(DIFFUSION, "ddim")
+    scheduler.set_timesteps(3)
+    images = torch.randn(2, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            images = scheduler.step(unet(images, t, cond), t, images).prev_sample
+    assert torch.allclose(guided, images.clamp(-1, 1), atol=1e-6)
+
+
+def test_guided_prediction_combines_uncond_and_cond():
+    unet = film_unet(perturbed=True)
+    x, t, cond, _ = noisy_batch()
+    with torch.no_grad():
+        uncond = unet(x, t[0], cond, torch.ones(BATCH, dtype=torch.bool))
+        conditional = unet(x, t[0], cond)
+        guided = guided_prediction(unet, x, t[0], cond, 3.0)
+    assert torch.allclose(guided, uncond + 3.0 * (conditional - uncond), atol=1e-4)
+
+
+def test_training_targets():
+    clean, timesteps, _, _ = noisy_batch()
+    noise = torch.randn_like(clean)
+    assert torch.equal(diffusion_training_target(make_train_scheduler(DIFFUSION), clean, noise, timesteps), noise)
+    v_scheduler = make_train_scheduler(DiffusionConfig(num_train_timesteps=100, prediction_type="v_prediction"))
+    alpha_bar = v_scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    expected = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * clean
+    assert torch.allclose(diffusion_training_target(v_scheduler, clean, noise, timesteps), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="ddim"):
+        make_sampling_scheduler(DIFFUSION, "euler")
