@@ -276,7 +276,10 @@ class EEGImageLoader:
         dataset = _WorkerDataset(self.plan, self.state.epoch, self.state.batches_done, list(self.state.cursors))
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=4 if self.num_workers else None,
-                            persistent_workers=False, pin_memory=torch.cuda.is_available())
+                            persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                            # its own generator: starting an iterator must not draw from the global RNG,
+                            # or a resumed run's dropout/noise would diverge from the uninterrupted one
+                            generator=torch.Generator().manual_seed(self.cfg.seed))
         for batch in loader:
             worker = batch.pop("_worker")
             self.state.cursors[worker] = batch.pop("_cursor")

@@ -63,7 +63,10 @@ class ImageAutoencoder(nn.Module):
         for ch in cfg.ae_channels:
             down += [_conv_block(in_ch, ch, stride=2), _conv_block(ch, ch, stride=1)]
             in_ch = ch
-        self.encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(bottleneck_size, cfg.latent_dim))
+        # The latent is standardised per sample (LayerNorm without affine): its scale cannot drift
+        # while the autoencoder trains, so the EEG alignment target keeps a fixed scale.
+        self.encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(bottleneck_size, cfg.latent_dim),
+                                     nn.LayerNorm(cfg.latent_dim, elementwise_affine=False))
 
         up = []
         widths = list(reversed(cfg.ae_channels))

@@ -98,7 +98,8 @@ class Teacher(nn.Module):
         if images.shape[-2:] != (self.input_size, self.input_size):
             images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
                                    align_corners=False, antialias=True)
-        return (images - self.mean) / self.std
+        # the buffers may stay float32 while the weights run in bf16 (ZeRO-3 casts parameters only)
+        return ((images - self.mean) / self.std).to(images.dtype)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """→ (logits [B, num_classes], pooled features [B, 2048])."""

@@ -60,15 +60,18 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
         log.info("stage %s already finished (%s); skipping", name, final)
         return final
     stage_cfg = cfg.train.stage_config(name)
-    torch.manual_seed(cfg.train.seed + dist.rank)
-    stage: Stage = build_stage(name, cfg, dist.device)
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (ZeRO-3 partitions local copies)
+    dtype = compute_dtype(cfg)
+    stage: Stage = build_stage(name, cfg, dist.device, dtype)
+    # Buffers too (BatchNorm statistics): ZeRO-3 casts only parameters, and CPU kernels reject the mix.
+    stage.module.to(dtype)
     loader = EEGImageLoader(cfg.data, "train", rank=dist.rank, world_size=dist.world_size)
     ds_config = build_deepspeed_config(cfg.train, stage_cfg, cfg.data.batch_size, dist.world_size,
                                        dist.device.type == "cuda")
     engine, _, _, _ = deepspeed.initialize(model=stage.module, config=ds_config,
                                            model_parameters=[p for p in stage.module.parameters() if p.requires_grad])
     stage.attach(engine)
-    dtype = compute_dtype(cfg)
+    torch.manual_seed(cfg.train.seed + 1 + dist.rank)  # per-rank noise, dropout and CFG masks
     ckpt_dir = out / "checkpoints"
     step = 0
     if resume and (restored := checkpoint.load(engine, ckpt_dir, dist.rank)) is not None:

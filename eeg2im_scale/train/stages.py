@@ -46,10 +46,6 @@ def missing_dependencies(cfg: Config, stages: list[str]) -> list[str]:
     return [d for d in STAGES if d in needed and d not in planned and not stage_weights(cfg, d).is_file()]
 
 
-def _param_dtype(module: nn.Module) -> torch.dtype:
-    return next(module.parameters()).dtype
-
-
 def _images(batch: dict, dtype: torch.dtype) -> torch.Tensor:
     """The loader's uint8 images as [-1, 1] floats in the module's dtype."""
     return to_unit_range(batch["image"]).to(dtype)
@@ -110,39 +106,48 @@ def condition(high: HighLevelEncoder, low: LowLevelEncoder, eeg: torch.Tensor) -
 # ---- trainable stage modules ------------------------------------------------------------------
 
 
-class TeacherModule(nn.Module):
+class StageModule(nn.Module):
+    """Base of the trainable modules: ``dtype`` is the engine's compute dtype, given rather than
+    read off the parameters (under ZeRO-3 those are partitioned placeholders)."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+
+
+class TeacherModule(StageModule):
     """Fine-tunes ResNet50 on the training images so its logits cover the dataset's classes."""
 
-    def __init__(self, teacher: nn.Module):
-        super().__init__()
+    def __init__(self, teacher: nn.Module, dtype: torch.dtype):
+        super().__init__(dtype)
         self.teacher = teacher
 
     def forward(self, batch: dict):
-        logits, _ = self.teacher(_images(batch, _param_dtype(self)))
+        logits, _ = self.teacher(_images(batch, self.dtype))
         loss = F.cross_entropy(logits.float(), batch["label"])
         accuracy = (logits.argmax(1) == batch["label"]).float().mean()
         return loss, {"ce": loss.detach(), "accuracy": accuracy}
 
 
-class LowLevelModule(nn.Module):
+class LowLevelModule(StageModule):
     """Image autoencoder and low-level EEG encoder, trained jointly."""
 
-    def __init__(self, autoencoder: ImageAutoencoder, encoder: LowLevelEncoder, cfg: Config):
-        super().__init__()
+    def __init__(self, autoencoder: ImageAutoencoder, encoder: LowLevelEncoder, cfg: Config, dtype: torch.dtype):
+        super().__init__(dtype)
         self.autoencoder, self.encoder, self.cfg = autoencoder, encoder, cfg.model.lowlevel
 
     def forward(self, batch: dict):
-        images = _images(batch, _param_dtype(self))
+        images = _images(batch, self.dtype)
         recon, image_latent = self.autoencoder(images)
         eeg_latent = self.encoder(batch["eeg"])
         return lowlevel_loss(recon.float(), images.float(), eeg_latent.float(), image_latent.float(), self.cfg)
 
 
-class HighLevelModule(nn.Module):
+class HighLevelModule(StageModule):
     """EEG semantic encoder distilled from the (frozen) fine-tuned teacher."""
 
-    def __init__(self, encoder: HighLevelEncoder, teacher: nn.Module, cfg: Config):
-        super().__init__()
+    def __init__(self, encoder: HighLevelEncoder, teacher: nn.Module, cfg: Config, dtype: torch.dtype):
+        super().__init__(dtype)
         self.encoder, self.cfg = encoder, cfg.model.highlevel
         self._teacher = [teacher]  # a list keeps it out of the module tree (not trained, cast or saved)
 
@@ -156,17 +161,18 @@ class HighLevelModule(nn.Module):
         return loss, terms
 
 
-class DiffusionModule(nn.Module):
+class DiffusionModule(StageModule):
     """DDPM training of the FiLM UNet on the frozen encoders' conditioning vector."""
 
-    def __init__(self, unet: FiLMUNet, high: HighLevelEncoder, low: LowLevelEncoder, cfg: Config):
-        super().__init__()
+    def __init__(self, unet: FiLMUNet, high: HighLevelEncoder, low: LowLevelEncoder, cfg: Config,
+                 dtype: torch.dtype):
+        super().__init__(dtype)
         self.unet = unet
         self._encoders = [high, low]
         self.scheduler = make_train_scheduler(cfg.model.diffusion)
 
     def forward(self, batch: dict):
-        dtype = _param_dtype(self)
+        dtype = self.dtype
         clean = _images(batch, dtype)
         with torch.no_grad():
             cond = condition(*self._encoders, batch["eeg"]).to(dtype)
@@ -231,7 +237,7 @@ class DiffusionStage(Stage):
         return {**state, **{f"ema.unet.{k}": v for k, v in self.ema.state_dict().items()}}
 
 
-def build_stage(name: str, cfg: Config, device: torch.device) -> Stage:
+def build_stage(name: str, cfg: Config, device: torch.device, dtype: torch.dtype = torch.float32) -> Stage:
     """The stage ``name`` with its frozen dependencies loaded from earlier stages' exports."""
     geo = Geometry(cfg, Manifest(cfg.data.root).info)
     missing = missing_dependencies(cfg, [name])
@@ -239,16 +245,16 @@ def build_stage(name: str, cfg: Config, device: torch.device) -> Stage:
         raise FileNotFoundError(f"stage {name} needs {', '.join(str(stage_weights(cfg, m)) for m in missing)}; "
                                 f"train those stages first (train.stage={missing[0]} or train.stage=all)")
     if name == "teacher":
-        return Stage(name, TeacherModule(build_teacher_model(cfg, geo)))
+        return Stage(name, TeacherModule(build_teacher_model(cfg, geo), dtype))
     if name == "lowlevel":
-        return Stage(name, LowLevelModule(*build_lowlevel(cfg, geo), cfg))
+        return Stage(name, LowLevelModule(*build_lowlevel(cfg, geo), cfg, dtype))
     if name == "highlevel":
         # the fine-tuned export replaces any ImageNet weights, so none are looked up here
         teacher = load_prefixed(Teacher(cfg.model.teacher, geo.num_classes), stage_weights(cfg, "teacher"), "teacher")
-        return Stage(name, HighLevelModule(build_highlevel(cfg, geo), frozen(teacher, device), cfg))
+        return Stage(name, HighLevelModule(build_highlevel(cfg, geo), frozen(teacher, device), cfg, dtype))
     if name == "diffusion":
         high = load_prefixed(build_highlevel(cfg, geo), stage_weights(cfg, "highlevel"), "encoder")
         low = load_prefixed(build_lowlevel(cfg, geo)[1], stage_weights(cfg, "lowlevel"), "encoder")
-        module = DiffusionModule(build_unet(cfg, geo), frozen(high, device), frozen(low, device), cfg)
+        module = DiffusionModule(build_unet(cfg, geo), frozen(high, device), frozen(low, device), cfg, dtype)
         return DiffusionStage(module, cfg.train.ema_halflife_kimg, cfg.train.zero_stage)
     raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")

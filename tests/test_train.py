@@ -1,0 +1,138 @@
+"""DeepSpeed training of every stage with real engines: 2 CPU ranks (gloo), ZeRO-2 and ZeRO-3.
+
+Each run trains the tiny config (tests/configs/tiny_train.yaml) on a synthesized corpus through
+the real launchers (``deepspeed --num_gpus 2`` and ``torchrun``).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eeg2im_scale.config import STAGES, load_config
+from eeg2im_scale.data.corpus import write_synthetic
+from eeg2im_scale.data.manifest import Manifest
+from eeg2im_scale.models.pipeline import EEG2IMPipeline
+from eeg2im_scale.train.run import main as train_main
+
+CONFIG = "tests/configs/tiny_train.yaml"
+BIN = Path(sys.executable).parent
+STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train") / "corpus"
+    write_synthetic(load_config(CONFIG).synth, root)
+    return root
+
+
+def launch(launcher: str, run_dir: Path, corpus: Path, *overrides: str, resume: bool = False):
+    command = {
+        "deepspeed": [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port())],
+        "torchrun": [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"],
+    }[launcher]
+    args = [*command, "launchers/train.py", "--config", CONFIG, f"run_dir={run_dir}", f"data.root={corpus}",
+            *overrides, *(["--resume"] if resume else [])]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stats(run_dir: Path, stage: str) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "stages" / stage / "stats.jsonl").read_text().splitlines()]
+
+
+def steps_override(steps: int) -> list[str]:
+    return [f"train.{s}.steps={steps}" for s in STAGES] + [f"train.log_every={steps // 4}"]
+
+
+def assert_trained_and_released(run_dir: Path, corpus: Path):
+    for stage in STAGES:
+        records = stats(run_dir, stage)
+        assert [r["step"] for r in records] == [6, 12, 18, 24]
+        assert records[-1]["loss/loss"] < records[0]["loss/loss"], f"{stage}: loss did not go down: {records}"
+        assert all(r["samples_per_s"] > 0 and 0 <= r["data_wait_fraction"] < 1 and r["tflops_per_s"] > 0
+                   and r["peak_memory_mib"] > 0 for r in records)
+        assert (run_dir / "stages" / stage / "final.safetensors").is_file()
+        assert json.loads((run_dir / "stages" / stage / "validation.json").read_text())["samples"] == \
+            Manifest(corpus).count("image", "val")
+    pipeline = EEG2IMPipeline(run_dir / "model")
+    trial = np.random.default_rng(0).normal(0, 10, (16, 128)).astype(np.float32)
+    images = pipeline.generate(trial, num_images=2, steps=3, seed=1)
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+    assert np.array_equal(images, pipeline.generate(trial, num_images=2, steps=3, seed=1))
+
+
+def test_all_stages_zero2_under_the_deepspeed_launcher(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    launch("deepspeed", run_dir, corpus, "train.zero_stage=2", *steps_override(STEPS))
+    assert_trained_and_released(run_dir, corpus)
+    # the release works on its own: the CLI generates images from a trial file
+    trial = tmp_path / "trial.npy"
+    np.save(trial, np.zeros((16, 128), np.float32))
+    out = subprocess.run([str(BIN / "eeg2im"), "generate", "--model", str(run_dir / "model"), "--eeg", str(trial),
+                          "--out", str(tmp_path / "gen"), "--num-images", "2", "--steps", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / "gen").glob("*.png"))) == 2
+
+
+def test_all_stages_zero3_bf16_under_torchrun(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    launch("torchrun", run_dir, corpus, "train.zero_stage=3", "train.precision=bf16", *steps_override(STEPS))
+    assert_trained_and_released(run_dir, corpus)
+
+
+@pytest.mark.parametrize("stage", ["lowlevel"])
+def test_resumed_run_continues_with_the_same_losses(corpus, tmp_path, stage):
+    common = [f"train.stage={stage}", f"train.{stage}.steps=8", "train.log_every=1", "train.checkpoint_every=4"]
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    launch("torchrun", reference, corpus, *common)
+    launch("torchrun", interrupted, corpus, *common, "train.halt_after=3")
+    assert [r["step"] for r in stats(interrupted, stage)] == [1, 2, 3]
+    assert not (interrupted / "stages" / stage / "final.safetensors").exists()
+    launch("torchrun", interrupted, corpus, *common, resume=True)
+    expected, got = stats(reference, stage), stats(interrupted, stage)
+    assert [r["step"] for r in got] == list(range(1, 9))
+    for a, b in zip(expected, got):
+        assert a["loss/loss"] == pytest.approx(b["loss/loss"], rel=1e-6, abs=1e-7), (a, b)
+
+
+def test_later_stage_without_earlier_exports_fails_before_any_work(tmp_path, capsys):
+    code = train_main(["--config", CONFIG, f"run_dir={tmp_path / 'run'}", "train.stage=diffusion",
+                       f"data.root={tmp_path / 'never_written'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train.stage=diffusion needs" in err and "lowlevel/final.safetensors" in err and "train.stage=all" in err
+    assert not (tmp_path / "never_written").exists()
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert train_main(["--config", CONFIG, "train.zero_stage=3", "--dry-run"]) == 0
+    assert "zero_stage: 3" in capsys.readouterr().out
+
+
+def test_fp16_on_cpu_is_refused_with_the_fix():
+    from eeg2im_scale.config import ConfigError
+    from eeg2im_scale.train.ds_config import build_deepspeed_config
+
+    cfg = load_config(CONFIG, ["train.precision=fp16"])
+    with pytest.raises(ConfigError, match="use bf16 or fp32"):
+        build_deepspeed_config(cfg.train, cfg.train.teacher, 8, 2, on_gpu=False)
+    ds = build_deepspeed_config(load_config(CONFIG, ["train.deepspeed_config=configs/deepspeed/zero3_bf16.json",
+                                                     "train.grad_accum=2"]).train, cfg.train.teacher, 8, 2, False)
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] and ds["train_batch_size"] == 32
