@@ -111,7 +111,7 @@ def test_shard_cut_at_a_member_boundary_is_detected(broken_copy):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    with pytest.raises(SampleError, match=rf"{SHARD}: sample \?: field tar: shard ended after 10 of 20"):
+    with pytest.raises(SampleError, match=rf"{SHARD}: sample 000000049: field tar: truncated shard: it ends in this sample, the 10th of 20"):
         eval_keys(broken_copy, "raise")
 
 

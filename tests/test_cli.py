@@ -59,3 +59,18 @@ def test_stream_two_ranks_under_torchrun_read_each_test_sample_once(synth_corpus
     assert sorted(r["rank"] for r in reports) == [0, 1]
     rows = pq.read_table(synth_corpus / "manifest.parquet", columns=["split_image"]).to_pylist()
     assert sum(r["samples"] for r in reports) == sum(r["split_image"] == "test" for r in rows)
+
+
+def test_preview_draws_one_stimulus_per_class(synth_corpus, tmp_path):
+    out = tmp_path / "preview.png"
+    assert main(["preview", "--root", str(synth_corpus), "--out", str(out), "--classes", "3"]) == 0
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.size[0] > image.size[1] > 100
+
+
+def test_readme_benchmark_tables_are_rendered_from_the_json_results():
+    """The README's figures come from benchmarks/results/*.json, never typed by hand."""
+    result = run(sys.executable, "benchmarks/render_readme.py", "--check", check=False)
+    assert result.returncode == 0, "README.md is stale: run python benchmarks/render_readme.py"

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from eeg2im_scale.config import Config, ConfigError, apply_overrides, dump_config, load_config
@@ -12,9 +14,19 @@ def test_yaml_and_dotted_overrides(tmp_path):
     assert cfg.synth.sfreq == 500.0 and isinstance(cfg.synth.sfreq, float)
 
 
-def test_shipped_configs_load():
-    cfg = load_config("configs/synthetic_tiny.yaml")
-    assert isinstance(cfg, Config)
+@pytest.mark.parametrize("path", sorted(Path("configs").glob("*.yaml")))
+def test_shipped_configs_load_and_build_their_models(path):
+    """Every shipped config is valid and its models can be built at its data geometry."""
+    from eeg2im_scale.train.stages import Geometry, build_highlevel, build_lowlevel, build_unet
+
+    cfg = load_config(path)
+    info = {"channel_names": [f"E{i}" for i in range(cfg.synth.channels)], "time_points": cfg.synth.time_points,
+            "sfreq": cfg.synth.sfreq, "class_names": [str(c) for c in range(cfg.synth.num_classes)]}
+    geo = Geometry(cfg, info)
+    build_highlevel(cfg, geo), build_lowlevel(cfg, geo), build_unet(cfg, geo)
+
+
+def test_defaults_are_a_valid_config():
     assert load_config(None, []) == Config()
 
 

@@ -136,3 +136,15 @@ def test_fp16_on_cpu_is_refused_with_the_fix():
     ds = build_deepspeed_config(load_config(CONFIG, ["train.deepspeed_config=configs/deepspeed/zero3_bf16.json",
                                                      "train.grad_accum=2"]).train, cfg.train.teacher, 8, 2, False)
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] and ds["train_batch_size"] == 32
+
+
+def test_single_process_zero0_stage_exports_plain_weights(corpus, tmp_path):
+    """No launcher, no ZeRO partitioning: the export is the module's own state dict."""
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    assert train_main(["--config", CONFIG, f"run_dir={run_dir}", f"data.root={corpus}", "train.stage=lowlevel",
+                       "train.zero_stage=0", "train.lowlevel.steps=4", "train.log_every=2"]) == 0
+    weights = load_file(str(run_dir / "stages" / "lowlevel" / "final.safetensors"))
+    assert any(k.startswith("autoencoder.") for k in weights) and any(k.startswith("encoder.") for k in weights)
+    assert [r["step"] for r in stats(run_dir, "lowlevel")] == [2, 4]

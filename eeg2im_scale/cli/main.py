@@ -120,6 +120,13 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_preview(args) -> int:
+    from ..data.preview import render_preview
+
+    print(f"wrote {render_preview(args.root, args.out, args.split, args.classes)}")
+    return 0
+
+
 def _config(args) -> Config:
     return load_config(args.config, args.overrides)
 
@@ -136,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                                          "deepspeed/torchrun for several ranks)")
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoints")
+    preview = sub.add_parser("preview", help="PNG of one stimulus per class with its EEG")
+    preview.add_argument("--root", required=True, help="corpus directory (manifest.parquet + shards/)")
+    preview.add_argument("--out", required=True, help="output PNG")
+    preview.add_argument("--split", default="train", choices=["train", "val", "test"])
+    preview.add_argument("--classes", type=int, default=6)
     generate = sub.add_parser("generate", help="generate images from EEG trials with a released model")
     generate.add_argument("--model", required=True, help="release directory (RUN_DIR/model)")
     generate.add_argument("--eeg", required=True, help=".npy trial [channels, time] or trials [N, channels, time]")
@@ -155,7 +167,8 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-COMMANDS = {"synth": cmd_synth, "stream": cmd_stream, "train": cmd_train, "generate": cmd_generate}
+COMMANDS = {"synth": cmd_synth, "stream": cmd_stream, "train": cmd_train, "generate": cmd_generate,
+            "preview": cmd_preview}
 
 
 def main(argv: list[str] | None = None) -> int:

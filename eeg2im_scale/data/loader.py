@@ -95,15 +95,20 @@ class StreamPlan:
         order = order * math.ceil(readers / len(order))
         return split_by_worker(split_by_node(order, self.rank, self.world_size), worker, num_workers)
 
-    def _cycle(self, shards: list[ShardEntry], rng: random.Random, dropped: list) -> Iterator[dict]:
+    def _passes(self, shards: list[ShardEntry], shard_rng: random.Random, buffer_rng: random.Random,
+                dropped: list) -> Iterator[dict]:
+        """Endless passes over the worker's shards, each in a new order and shuffled through the
+        buffer, which drains at the end of every pass: a pass yields each sample exactly once,
+        so an epoch repeats samples only where its fixed length exceeds the worker's share."""
+        initial = min(self.shuffle_buffer, 100)
         for _ in itertools.count():
             order = list(shards)
-            rng.shuffle(order)
+            shard_rng.shuffle(order)
+            raws = itertools.chain.from_iterable(self._read(entry, dropped) for entry in order)
             produced = False
-            for entry in order:
-                for raw in self._read(entry, dropped):
-                    produced = True
-                    yield raw
+            for raw in wds.shuffle(self.shuffle_buffer, initial=initial, rng=buffer_rng)(raws):
+                produced = True
+                yield raw
             if not produced:
                 raise RuntimeError(f"no readable samples in shards {[e.path for e in shards]}")
 
@@ -165,8 +170,7 @@ class StreamPlan:
             return
         shard_rng = random.Random(_seed(self.seed, epoch, self.rank, worker, 0))
         buffer_rng = random.Random(_seed(self.seed, epoch, self.rank, worker, 1))
-        raws = self._cycle(self.epoch_shards(epoch, worker, num_workers), shard_rng, dropped)
-        shuffled = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=buffer_rng)(raws)
+        shuffled = self._passes(self.epoch_shards(epoch, worker, num_workers), shard_rng, buffer_rng, dropped)
         for _ in range(cursor):  # fast-forward without decoding
             next(shuffled)
         dropped.clear()  # already reported before the checkpoint
@@ -175,7 +179,7 @@ class StreamPlan:
 
 def collate(items: list[dict]) -> dict:
     batch = {
-        "eeg": torch.from_numpy(np.stack([it["eeg"] for it in items])) if items else torch.empty(0),
+        "eeg": torch.stack([it["eeg"] for it in items]) if items else torch.empty(0),
         "image": torch.from_numpy(np.stack([it["image"] for it in items])) if items else torch.empty(0, dtype=torch.uint8),
         "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
         "subject": torch.tensor([it["subject"] for it in items], dtype=torch.long),

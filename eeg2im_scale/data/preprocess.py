@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+import torch
 from PIL import Image
 from scipy import signal
 
@@ -19,27 +18,27 @@ def bandpass_sos(low: float, high: float, sfreq: float, order: int = 4) -> np.nd
     return signal.butter(order, [low, high], btype="bandpass", fs=sfreq, output="sos")
 
 
-@dataclass
 class EEGPreprocess:
     """Crop to ``window`` (time samples), z-score per channel, then optionally band-pass.
 
     The statistics come from the manifest's training split so validation/test data never
-    influence normalisation.
+    influence normalisation. Works on float32 tensors [channels, time].
     """
 
-    window: tuple[int, int] | None = None
-    mean: np.ndarray | None = None
-    std: np.ndarray | None = None
-    sos: np.ndarray | None = None
+    def __init__(self, window: tuple[int, int] | None = None, mean: np.ndarray | None = None,
+                 std: np.ndarray | None = None, sos: np.ndarray | None = None):
+        self.window, self.sos = window, sos
+        self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32)[:, None]
+        self.inv_std = None if std is None else 1.0 / torch.as_tensor(std, dtype=torch.float32)[:, None]
 
-    def __call__(self, eeg: np.ndarray) -> np.ndarray:
+    def __call__(self, eeg: torch.Tensor) -> torch.Tensor:
         if self.window is not None:
             eeg = eeg[:, self.window[0]:self.window[1]]
         if self.mean is not None:
-            eeg = (eeg - self.mean[:, None]) / self.std[:, None]
+            eeg = (eeg - self.mean).mul_(self.inv_std)
         if self.sos is not None:
-            eeg = signal.sosfiltfilt(self.sos, eeg, axis=-1)
-        return np.ascontiguousarray(eeg, dtype=np.float32)
+            eeg = torch.from_numpy(signal.sosfiltfilt(self.sos, eeg.numpy(), axis=-1).astype(np.float32))
+        return eeg.contiguous()
 
 
 def prepare_image(image: np.ndarray, size: int) -> np.ndarray:

@@ -33,12 +33,12 @@ BACKGROUND_UV = 10.0      # RMS per channel of the pink background: the unit of 
 SENSOR_UV = 3.0           # RMS of independent white sensor noise (keeps the noise full rank)
 ALPHA_UV = 6.0
 LINE_UV = 1.5
-CLASS_UV = 6.0            # peak of a class component at class_snr = 1 (times 0.6-1.0)
+CLASS_UV = 9.0            # peak of a class component at class_snr = 1 (times 0.6-1.0)
 # Attribute amplitudes at attribute_snr = 1, per unit of drive: cos / sin of the hue angle, and
 # brightness / saturation mapped linearly from their image ranges to [-1, 1].
-HUE_UV = 4.0
-BRIGHTNESS_UV = 5.0
-SATURATION_UV = 2.5
+HUE_UV = 8.0
+BRIGHTNESS_UV = 8.0
+SATURATION_UV = 4.0
 CLASS_COMPONENTS = 3
 TRIAL_JITTER_S = 0.005    # latency jitter of the whole evoked response from trial to trial
 NOISE_CORRELATION_RAD = 0.5
@@ -78,7 +78,7 @@ CLASS_REGIONS = ("PO7", "PO8", "P7", "P8", "O1", "O2", "Oz", "Pz")
 # then of the four attribute components (amplitude per unit of drive, drives in that order).
 VEP = (("Oz", 0.5, 0.100, 0.015, 4.0), ("PO7", 0.45, 0.170, 0.025, -5.0),
        ("PO8", 0.45, 0.170, 0.025, -5.0), ("Pz", 0.6, 0.320, 0.060, 5.0))
-ATTRIBUTE_COMPONENTS = (("O1", 0.45, 0.140, 0.030, HUE_UV), ("O2", 0.45, 0.190, 0.030, HUE_UV),
+ATTRIBUTE_COMPONENTS = (("O1", 0.45, 0.140, 0.035, HUE_UV), ("O2", 0.45, 0.190, 0.035, HUE_UV),
                         ("Oz", 0.5, 0.110, 0.030, BRIGHTNESS_UV), ("POz", 0.5, 0.250, 0.040, SATURATION_UV))
 ALPHA = ("POz", 0.6)
 

@@ -140,7 +140,7 @@ class EEG2IMPipeline:
         expected = (len(self.corpus["channel_names"]), int(self.corpus["time_points"]))
         if eeg.shape != expected:
             raise ValueError(f"EEG trial has shape {eeg.shape}, this model expects {expected} (channels, time)")
-        x = torch.from_numpy(self.preprocess(np.asarray(eeg, np.float32))).to(self.device)
+        x = self.preprocess(torch.as_tensor(np.asarray(eeg, np.float32))).to(self.device)
         cond = self.condition(x[None].expand(num_images, -1, -1))
         d = self.cfg.model.diffusion
         generator = torch.Generator(self.device).manual_seed(seed)

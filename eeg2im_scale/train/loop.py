@@ -102,7 +102,7 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
         engine.step()
         if dist.device.type == "cuda":
             torch.cuda.synchronize(dist.device)
-        _accumulate(window, {"loss": loss, **terms}, len(batch["key"]), fetched - tick, time.perf_counter() - fetched)
+        _accumulate(window, {"loss": loss.detach(), **terms}, len(batch["key"]), fetched - tick, time.perf_counter() - fetched)
         if engine.global_steps == step:
             continue  # inside a gradient-accumulation cycle
         step = engine.global_steps
