@@ -1,6 +1,8 @@
 # Two commands set up everything on a fresh machine: `make quickstart` and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
+# ranks for the quickstart: one per GPU, or 2 CPU ranks (gloo) without one
+NPROC  ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0 ] && echo $$n || echo 2)
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
@@ -17,6 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 quickstart: install
 	$(BIN)/eeg2im stream --config configs/synthetic_tiny.yaml
+	$(BIN)/deepspeed --num_gpus $(NPROC) launchers/train.py --config configs/synthetic_tiny.yaml
 
 test: install
 	$(BIN)/python -m pytest

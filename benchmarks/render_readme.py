@@ -47,21 +47,28 @@ def loader_section(data: dict) -> list[str]:
 
 
 def train_section(data: dict) -> list[str]:
-    out = [f"**Training** (`train_throughput.json`, {data['date'][:10]}, config `{data['config']}`): global "
-           "samples/s per stage, data-wait share of the step, achieved TFLOP/s (CPU, gloo).", ""]
+    config = data["config"]
+    out = [f"**Training** (`train_throughput.json`, {data['date'][:10]}, config `{config['file']}`, "
+           f"{config['steps_per_stage']} steps per stage, first logging window discarded): global samples/s, "
+           "mean step time, data-wait share of the step, the loop's achieved-TFLOP/s estimate, peak RSS "
+           "(CPU ranks, gloo; ranks × threads per rank).", ""]
     rows = []
-    for run, stages in sorted(data["runs"].items()):
-        for stage, fig in stages.items():
-            rows.append([run, stage, f"{fig['samples_per_s']:.1f}", f"{fig['step_time_s']:.3f}",
+    for run, result in data["runs"].items():
+        settings = result["settings"]
+        label = f"{settings['ranks']}×{settings['omp_num_threads']} ZeRO-{settings['zero_stage']} {settings['precision']}"
+        for stage in ("teacher", "lowlevel", "highlevel", "diffusion"):
+            fig = result[stage]
+            rows.append([label, stage, f"{fig['samples_per_s']:.1f}", f"{fig['step_time_s']:.3f}",
                          f"{100 * fig['data_wait_fraction']:.1f} %", f"{fig['tflops_per_s']:.4f}",
                          f"{fig['peak_memory_mib']:.0f}"])
     out += _table(["run", "stage", "samples/s", "step s", "data wait", "TFLOP/s", "peak MiB"], rows)
-    if data.get("scaling_efficiency"):
-        out += ["", "Scaling efficiency, 2 ranks vs 1 (samples/s at 2 ÷ twice samples/s at 1):", ""]
-        zeros = sorted(data["scaling_efficiency"])
-        stages = list(next(iter(data["scaling_efficiency"].values())))
-        out += _table(["stage", *zeros], [[s, *(f"{data['scaling_efficiency'][z][s]:.2f}" for z in zeros)]
-                                           for s in stages])
+    efficiency = data.get("scaling_efficiency", {})
+    if efficiency:
+        out += ["", "Scaling efficiency, 2 ranks vs 1 (samples/s at 2 ÷ twice samples/s at 1; `_omp1`: the 1-rank "
+                    "run also at 1 thread, the like-for-like comparison on a shared 2-core machine):", ""]
+        keys = sorted(efficiency)
+        stages = list(efficiency[keys[0]])
+        out += _table(["stage", *keys], [[s, *(f"{efficiency[k][s]:.2f}" for k in keys)] for s in stages])
     return out + [""]
 
 

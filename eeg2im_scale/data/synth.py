@@ -12,8 +12,8 @@ Knobs (:class:`~eeg2im_scale.config.SynthConfig`) and what they do:
   :mod:`.synth_images`; class = shape x texture).
 * ``channels``: electrodes of the BioSemi 128 cap, an evenly spread subset when fewer.
   ``time_points`` / ``sfreq``: the epoch, starting at stimulus onset (440 at 1000 Hz = 440 ms).
-* ``class_snr``: scales the class-specific components (peak 3 uV x 0.6-1.0 each against a
-  ~11 uV RMS background). 0 makes the class undecodable from EEG.
+* ``class_snr``: scales the class-specific components (three per class, peak 12 uV x 0.6-1.0
+  each, against a ~11 uV RMS background). 0 makes the class undecodable from EEG.
 * ``attribute_snr``: scales the hue, brightness and saturation components. 0 makes them
   undecodable. Attributes are drawn independently of the class, so neither leaks into the other.
 * ``subject_variability``: spread of per-subject gain (lognormal, sigma 0.25), latency shift
@@ -33,6 +33,7 @@ the only tables are per class, subject and block.
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -67,6 +68,7 @@ class SyntheticCorpus:
 
     def _place(self, index: int) -> tuple[dict, float]:
         """The layout of sample ``index`` and its progress in [0, 1] through its session."""
+        index = operator.index(index)  # numpy integers too, but meta values stay python ints
         if not 0 <= index < self.cfg.num_samples:
             raise IndexError(f"sample index {index} out of range [0, {self.cfg.num_samples})")
         sessions, images = self.cfg.sessions_per_subject, self.num_images
@@ -86,11 +88,12 @@ class SyntheticCorpus:
     def image(self, image_id: int) -> tuple[dict, np.ndarray]:
         """Attributes and pixels of one image (the same for every subject). The last image is
         kept: sequential readers meet each image ``num_subjects`` times in a row."""
-        if self._last_image is None or self._last_image[0] != image_id:
+        cached = self._last_image  # one read: safe when threads share the corpus
+        if cached is None or cached[0] != image_id:
             attributes, background = draw_image_spec(generator(self.cfg.seed, Stream.IMAGE, image_id))
             pixels = render_image(image_id % self.cfg.num_classes, attributes, background, self.cfg.image_size)
-            self._last_image = (image_id, attributes, pixels)
-        _, attributes, pixels = self._last_image
+            cached = self._last_image = (image_id, attributes, pixels)
+        _, attributes, pixels = cached
         return dict(attributes), pixels.copy()
 
     def sample(self, index: int) -> dict:

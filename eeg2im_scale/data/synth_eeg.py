@@ -10,9 +10,10 @@ Every trial is a sum of rank-one terms (a scalp topography times a waveform) plu
   brightness an early P1-like one, saturation a smaller later one;
 * per subject (scaled by ``subject_variability``): a lognormal gain, a latency shift of up to
   20 ms and a small rotation of the cap that moves every topography;
-* background: pink (1/f power) noise with a spatial correlation length of ~0.5 rad, white sensor
-  noise, an occipital alpha rhythm with random phase, line noise at ``line_freq``, and a per-block
-  drift (DC offset that evolves over the block plus a within-trial ramp, amplitude ``drift``).
+* background: pink (1/f power from 0.1 Hz) noise with a spatial correlation length of ~0.5 rad,
+  white sensor noise, an occipital alpha rhythm with random phase, line noise at ``line_freq``, and
+  a per-block drift (DC offset that evolves over the block plus a within-trial ramp, amplitude
+  ``drift``).
 
 Amplitudes are microvolts. Tables (per class, subject, block) hold component parameters, never
 waveforms, so they stay small for any corpus size.
@@ -33,15 +34,16 @@ BACKGROUND_UV = 10.0      # RMS per channel of the pink background: the unit of 
 SENSOR_UV = 3.0           # RMS of independent white sensor noise (keeps the noise full rank)
 ALPHA_UV = 6.0
 LINE_UV = 1.5
-CLASS_UV = 9.0            # peak of a class component at class_snr = 1 (times 0.6-1.0)
+CLASS_UV = 12.0           # peak of a class component at class_snr = 1 (times 0.6-1.0)
 # Attribute amplitudes at attribute_snr = 1, per unit of drive: cos / sin of the hue angle, and
 # brightness / saturation mapped linearly from their image ranges to [-1, 1].
-HUE_UV = 8.0
-BRIGHTNESS_UV = 8.0
-SATURATION_UV = 4.0
+HUE_UV = 10.0
+BRIGHTNESS_UV = 10.0
+SATURATION_UV = 5.0
 CLASS_COMPONENTS = 3
 TRIAL_JITTER_S = 0.005    # latency jitter of the whole evoked response from trial to trial
 NOISE_CORRELATION_RAD = 0.5
+PINK_LOW_HZ = 0.1         # the 1/f background reaches down to the usual acquisition high-pass
 NOISE_VARIANCE_KEPT = 0.99  # spatial modes of the background kept; the rest is sensor noise
 
 
@@ -78,8 +80,8 @@ CLASS_REGIONS = ("PO7", "PO8", "P7", "P8", "O1", "O2", "Oz", "Pz")
 # then of the four attribute components (amplitude per unit of drive, drives in that order).
 VEP = (("Oz", 0.5, 0.100, 0.015, 4.0), ("PO7", 0.45, 0.170, 0.025, -5.0),
        ("PO8", 0.45, 0.170, 0.025, -5.0), ("Pz", 0.6, 0.320, 0.060, 5.0))
-ATTRIBUTE_COMPONENTS = (("O1", 0.45, 0.140, 0.035, HUE_UV), ("O2", 0.45, 0.190, 0.035, HUE_UV),
-                        ("Oz", 0.5, 0.110, 0.030, BRIGHTNESS_UV), ("POz", 0.5, 0.250, 0.040, SATURATION_UV))
+ATTRIBUTE_COMPONENTS = (("O1", 0.45, 0.140, 0.045, HUE_UV), ("O2", 0.45, 0.190, 0.045, HUE_UV),
+                        ("Oz", 0.5, 0.110, 0.035, BRIGHTNESS_UV), ("POz", 0.5, 0.250, 0.050, SATURATION_UV))
 ALPHA = ("POz", 0.6)
 
 
@@ -114,17 +116,29 @@ def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
     return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
 
 
-def _pink_envelope(time_points: int, sfreq: float) -> np.ndarray:
-    """rfft amplitudes giving 1/f power and unit variance per sample after ``irfft`` of
-    standard-normal real and imaginary parts."""
+def _pink_spectrum(time_points: int, sfreq: float) -> tuple[np.ndarray, float, float]:
+    """rfft amplitudes, offset std and slope std of unit-variance 1/f noise over one epoch, for
+    standard-normal real and imaginary parts, offset and slope draws.
+
+    A periodic irfft has no power below its first bin, which would leave the trial mean free of
+    background noise (and unrealistically informative); the 1/f band from PINK_LOW_HZ up to half
+    the first bin enters instead as a random offset (below a quarter bin) and slope (above).
+    """
     freqs = np.fft.rfftfreq(time_points, 1 / sfreq)
     envelope = np.zeros_like(freqs)
     envelope[1:] = freqs[1:] ** -0.5
-    # Var of irfft: each bin contributes 4|e|^2 / n^2, a Nyquist bin (real part only) |e|^2 / n^2.
+    # Var of irfft: each bin contributes 4|e|^2 / n^2, a Nyquist bin (real part only) |e|^2 / n^2;
+    # as a density that is 4 / (n * sfreq) / f, the same constant as for the band below bin 1.
     weight = np.full_like(freqs, 4.0)
     if time_points % 2 == 0:
         weight[-1] = 1.0
-    return envelope / math.sqrt(np.sum(weight * envelope ** 2) / time_points ** 2)
+    bins_variance = np.sum(weight * envelope ** 2) / time_points ** 2
+    density = 4 / (time_points * sfreq)
+    bin_width = sfreq / time_points
+    offset_variance = density * max(math.log(bin_width / 4 / PINK_LOW_HZ), 0.0)
+    slope_variance = 12 * density * math.log(2)  # the ramp spans [-1/2, 1/2]: variance 1/12
+    total = math.sqrt(bins_variance + offset_variance + slope_variance / 12)
+    return envelope / total, math.sqrt(offset_variance) / total, math.sqrt(slope_variance) / total
 
 
 def _spatial_mixing(xyz: np.ndarray) -> np.ndarray:
@@ -141,7 +155,8 @@ def _spatial_mixing(xyz: np.ndarray) -> np.ndarray:
 def _component_table(components: tuple) -> dict[str, np.ndarray]:
     regions, widths, latencies, durations, amplitudes = zip(*components)
     return {"centre": np.array([REGIONS[r] for r in regions]), "kappa": 1 / np.square(widths),
-            "latency": np.array(latencies), "duration": np.array(durations), "amplitude": np.array(amplitudes)}
+            "latency": np.array(latencies, np.float32), "duration": np.array(durations, np.float32),
+            "amplitude": np.array(amplitudes)}
 
 
 class EEGSimulator:
@@ -155,7 +170,8 @@ class EEGSimulator:
         self.positions = full_xyz[used]
         self.times = (np.arange(cfg.time_points) / cfg.sfreq).astype(np.float32)
         self.ramp = (self.times / max(self.times[-1], 1e-9) - 0.5).astype(np.float32)
-        self.pink_envelope = _pink_envelope(cfg.time_points, cfg.sfreq).astype(np.float32)
+        envelope, self.pink_offset, self.pink_slope = _pink_spectrum(cfg.time_points, cfg.sfreq)
+        self.pink_envelope = envelope.astype(np.float32)
         self.mixing = (_spatial_mixing(self.positions) * BACKGROUND_UV).astype(np.float32)
         self.fixed = _component_table(VEP + ATTRIBUTE_COMPONENTS)
         self.classes = self._class_table(cfg)
@@ -169,13 +185,15 @@ class EEGSimulator:
         for label in range(cfg.num_classes):
             rng = generator(cfg.seed, Stream.CLASS, label)
             region = rng.choice(len(CLASS_REGIONS), CLASS_COMPONENTS)
-            centre = np.array([REGIONS[CLASS_REGIONS[r]] for r in region]) + 0.25 * rng.standard_normal((CLASS_COMPONENTS, 3))
+            centre = np.array([REGIONS[CLASS_REGIONS[r]] for r in region])
+            centre += 0.25 * rng.standard_normal((CLASS_COMPONENTS, 3))
             rows.append({
                 "centre": centre / np.linalg.norm(centre, axis=1, keepdims=True),
                 "kappa": 1 / rng.uniform(0.35, 0.6, CLASS_COMPONENTS) ** 2,
-                "latency": rng.uniform(0.1, 0.4, CLASS_COMPONENTS),
-                "duration": rng.uniform(0.02, 0.05, CLASS_COMPONENTS),
-                "amplitude": CLASS_UV * rng.choice([-1.0, 1.0], CLASS_COMPONENTS) * rng.uniform(0.6, 1.0, CLASS_COMPONENTS),
+                "latency": rng.uniform(0.1, 0.4, CLASS_COMPONENTS).astype(np.float32),
+                "duration": rng.uniform(0.03, 0.06, CLASS_COMPONENTS).astype(np.float32),
+                "amplitude": CLASS_UV * rng.choice([-1.0, 1.0], CLASS_COMPONENTS)
+                             * rng.uniform(0.6, 1.0, CLASS_COMPONENTS),
             })
         return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
@@ -204,18 +222,34 @@ class EEGSimulator:
         """Per block and channel: DC offset, its change over the block, and a within-trial ramp."""
         blocks = cfg.num_subjects * cfg.sessions_per_subject
         scale = cfg.drift * BACKGROUND_UV
-        draws = np.array([generator(cfg.seed, Stream.BLOCK, b).standard_normal((3, 128))[:, used] for b in range(blocks)])
+        draws = np.array([generator(cfg.seed, Stream.BLOCK, block).standard_normal((3, 128))[:, used]
+                          for block in range(blocks)])
         return {"offset": scale * draws[:, 0], "trend": scale * draws[:, 1], "ramp": 0.5 * scale * draws[:, 2]}
 
     def trial(self, rng: np.random.Generator, label: int, subject: int, block: int, progress: float,
               attributes: dict) -> np.ndarray:
         """(channels, time_points) float32 microvolts. ``progress`` in [0, 1] is the trial's place in
         its block (drives the slow drift)."""
+        evoked_topographies, evoked = self._evoked(rng, label, subject, attributes)
+        background_topographies, background = self._background(rng, subject, block, progress)
+        spatial = np.concatenate([evoked_topographies, background_topographies], axis=1).astype(np.float32)
+        # Uniform rather than Gaussian sensor noise: 5x cheaper, and invisible under the pink background.
+        eeg = rng.random((len(self.positions), self.times.size), dtype=np.float32)
+        eeg -= 0.5
+        eeg *= SENSOR_UV * math.sqrt(12)
+        eeg += spatial @ np.concatenate([evoked, background])
+        return eeg
+
+    def _evoked(self, rng: np.random.Generator, label: int, subject: int, attributes: dict
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(channels, n) topographies and (n, time) float32 waveforms of the evoked terms and alpha."""
         cfg, fixed, classes, subjects = self.cfg, self.fixed, self.classes, self.subjects
         hue_angle = 2 * math.pi * attributes["hue"]
         drives = cfg.attribute_snr * np.array([
             math.cos(hue_angle), math.sin(hue_angle),
-            _centred(attributes["brightness"], BRIGHTNESS_RANGE), _centred(attributes["saturation"], SATURATION_RANGE)])
+            _centred(attributes["brightness"], BRIGHTNESS_RANGE),
+            _centred(attributes["saturation"], SATURATION_RANGE),
+        ])
         amplitude = np.concatenate([cfg.class_snr * classes["amplitude"][label],
                                     fixed["amplitude"] * np.concatenate([np.ones(len(VEP)), drives])])
         amplitude *= float(subjects["gain"][subject]) * math.exp(0.15 * rng.standard_normal())
@@ -224,30 +258,32 @@ class EEGSimulator:
         duration = np.concatenate([classes["duration"][label], fixed["duration"]])
         centre = np.concatenate([classes["centre"][label], fixed["centre"], REGIONS[ALPHA[0]][None]])
         kappa = np.concatenate([classes["kappa"][label], fixed["kappa"], [1 / ALPHA[1] ** 2]])
-        topography = np.exp(kappa * (self.positions @ (subjects["rotation"][subject] @ centre.T) - 1))
+        topographies = np.exp(kappa * (self.positions @ (subjects["rotation"][subject] @ centre.T) - 1))
 
-        # Waveforms in float32 throughout: (channels, time) temporaries dominate the cost.
+        # float32 waveforms (latency and duration tables are float32): float64 temporaries cost more
+        # than the arithmetic.
         t = self.times
-        evoked = np.exp(-0.5 * np.square((t - latency[:, None].astype(np.float32)) / duration[:, None].astype(np.float32)))
-        evoked *= amplitude[:, None].astype(np.float32)
+        waveforms = np.exp(-0.5 * np.square((t - latency[:, None]) / duration[:, None]))
+        waveforms *= amplitude[:, None]
         alpha_freq = float(subjects["alpha_freq"][subject]) + 0.3 * rng.standard_normal()
         alpha = (ALPHA_UV * float(subjects["alpha_gain"][subject]) * math.exp(0.4 * rng.standard_normal())
                  * np.sin(2 * math.pi * alpha_freq * t + rng.uniform(0, 2 * math.pi)))
-        line = np.sin(2 * math.pi * cfg.line_freq * t + rng.uniform(0, 2 * math.pi))
-        blocks = self.blocks
+        return topographies, np.concatenate([waveforms, alpha[None]])
+
+    def _background(self, rng: np.random.Generator, subject: int, block: int, progress: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(channels, n) topographies and (n, time) float32 waveforms of line noise, drift and pink noise."""
+        t, blocks = self.times, self.blocks
+        line = np.sin(2 * math.pi * self.cfg.line_freq * t + rng.uniform(0, 2 * math.pi))
         dc = blocks["offset"][block] + (progress - 0.5) * blocks["trend"][block]
         spectrum = rng.standard_normal((2, self.mixing.shape[1], len(self.pink_envelope)), dtype=np.float32)
-        pink = np.fft.irfft((spectrum[0] + 1j * spectrum[1]) * self.pink_envelope, n=cfg.time_points)
-
-        spatial = np.concatenate([topography, (LINE_UV * subjects["line_gain"][subject])[:, None],
-                                  dc[:, None], blocks["ramp"][block][:, None], self.mixing], axis=1)
-        temporal = np.concatenate([evoked, alpha[None], line[None], np.ones((1, t.size), np.float32), self.ramp[None], pink])
-        # Uniform rather than Gaussian sensor noise: 5x cheaper, and invisible under the pink background.
-        eeg = rng.random((len(self.positions), t.size), dtype=np.float32)
-        eeg -= 0.5
-        eeg *= SENSOR_UV * math.sqrt(12)
-        eeg += spatial.astype(np.float32) @ temporal
-        return eeg
+        pink = np.fft.irfft((spectrum[0] + 1j * spectrum[1]) * self.pink_envelope, n=t.size)
+        low = rng.standard_normal((2, len(pink), 1), dtype=np.float32)
+        pink += low[0] * self.pink_offset + low[1] * self.pink_slope * self.ramp
+        topographies = np.concatenate([(LINE_UV * self.subjects["line_gain"][subject])[:, None], dc[:, None],
+                                       blocks["ramp"][block][:, None], self.mixing], axis=1)
+        waveforms = np.concatenate([line[None], np.ones((1, t.size), np.float32), self.ramp[None], pink])
+        return topographies, waveforms
 
 
 def _centred(value: float, bounds: tuple[float, float]) -> float:

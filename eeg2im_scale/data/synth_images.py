@@ -7,9 +7,10 @@ and generators can be scored on fine-grained attributes rather than on the label
 Conventions: ``x`` and ``y`` are the object centre in [0, 1] image coordinates (``x`` = column,
 ``y`` = row, from the top-left corner); ``scale`` is the object's circumradius as a fraction of
 the image side (every shape fits inside that circle, so the object never leaves the image);
-``rotation`` is in radians. The object's main colour covers at least two thirds of its area and
-the texture colour is at least 90 degrees of hue away, so ``hue`` is the dominant hue in the
-pixels; the background is a grey (saturation <= 0.1) that never competes with it.
+``rotation`` is in radians (it turns the shape; textures stay aligned with the image). The
+object's main colour covers at least two thirds of its area and the texture colour is at least
+90 degrees of hue away, so ``hue`` is the dominant hue in the pixels; the background is a grey
+(saturation <= 0.1) that never competes with it.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ import numpy as np
 SHAPES = ("disk", "square", "triangle", "pentagon", "hexagon", "star5", "ring", "cross", "ellipse", "star4")
 TEXTURES = ("solid", "hstripes", "vstripes", "dstripes", "checker", "dots")
 
-TEXTURE_CYCLES = 2.5      # texture periods per object radius (variant 0)
+TEXTURE_CYCLES = 2.5      # texture periods per object radius (odd variants: 0.6x)
 TEXTURE_DUTY = 1 / 3      # stripe width as a fraction of the period: the main colour stays dominant
 SUPERSAMPLE = 2           # render at 2x and average: anti-aliased edges without a rasteriser
 SATURATION_RANGE = (0.5, 1.0)  # of the main colour; the EEG model centres its effects on these
 BRIGHTNESS_RANGE = (0.5, 1.0)
 
-# Per-shape inner radius of star outlines (a regular polygon is a star whose inner vertices sit
-# on the edge midpoints, at cos(pi / n)).
+# (points, inner radius) of the star-outlined shapes: a regular polygon is a star whose inner
+# vertices sit on the edge midpoints, at cos(pi / n).
 _STARS = {"triangle": (3, math.cos(math.pi / 3)), "square": (4, math.cos(math.pi / 4)),
           "pentagon": (5, math.cos(math.pi / 5)), "hexagon": (6, math.cos(math.pi / 6)),
           "star5": (5, 0.45), "star4": (4, 0.4)}
@@ -107,9 +108,10 @@ def _frac(x: np.ndarray) -> np.ndarray:
 
 
 def _texture_mask(texture: str, u: np.ndarray, v: np.ndarray, cycles: float) -> np.ndarray:
-    """Where the second colour goes; every texture covers about a third of the object or less."""
+    """Where the second colour goes (broadcastable against ``u`` and ``v``); every texture covers
+    about a third of the object or less."""
     if texture == "solid":
-        return np.zeros(u.shape, dtype=bool)
+        return np.zeros((), dtype=bool)
     su, sv = cycles * u + 0.25, cycles * v + 0.25  # phase offset: the centre is not on an edge
     if texture == "hstripes":
         return _frac(sv) < TEXTURE_DUTY
@@ -130,19 +132,21 @@ def _texture_mask(texture: str, u: np.ndarray, v: np.ndarray, cycles: float) -> 
 def render_image(label: int, attributes: dict, background: tuple, size: int) -> np.ndarray:
     """The (size, size, 3) uint8 image of one object of class ``label``.
 
-    Variant ``k`` squashes the shape along its own axis by ``0.85 ** k`` and multiplies the
-    texture frequency by ``1 + 0.5 * (k % 3)`` (cycled, so stripes stay above the pixel pitch).
+    Variant ``k`` squashes the shape along its own axis by ``0.85 ** k``; odd variants also have a
+    coarser texture (0.6x: finer would alias at 64 px).
     """
     shape, texture, variant = class_recipe(label)
     n = size * SUPERSAMPLE
     grid = (np.arange(n, dtype=np.float32) + 0.5) / n
-    dx = (grid[None, :] - attributes["x"]) / attributes["scale"]
-    dy = (grid[:, None] - attributes["y"]) / attributes["scale"]
+    dx = (grid[None, :] - attributes["x"]) / attributes["scale"]  # (1, n): offsets in object radii
+    dy = (grid[:, None] - attributes["y"]) / attributes["scale"]  # (n, 1)
     cos_r, sin_r = math.cos(attributes["rotation"]), math.sin(attributes["rotation"])
     u = cos_r * dx + sin_r * dy  # object frame: the image rotated by -rotation
     v = (cos_r * dy - sin_r * dx) / 0.85 ** variant
     inside = _shape_mask(shape, u, v)
-    textured = _texture_mask(texture, u, v, TEXTURE_CYCLES * (1 + 0.5 * (variant % 3)))
+    # Textures live in the image frame, so "hstripes" stay horizontal and differ from "vstripes"
+    # even on a disk.
+    textured = _texture_mask(texture, dx, dy, TEXTURE_CYCLES * (0.6 if variant % 2 else 1.0))
     main_rgb, second_rgb, background_rgb = (
         np.array(colorsys.hsv_to_rgb(*hsv), dtype=np.float32) * 255
         for hsv in ((attributes["hue"], attributes["saturation"], attributes["brightness"]),

@@ -68,3 +68,11 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(values)
     return values
+
+
+def all_reduce_max(value: float) -> float:
+    """The largest ``value`` over all ranks (e.g. peak memory: the rank that limits the run)."""
+    tensor = torch.tensor([value], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -18,9 +19,9 @@ from safetensors.torch import save_file
 from ..config import Config
 from ..data.loader import EEGImageLoader
 from . import checkpoint
-from .distributed import DistInfo, all_reduce_sum, barrier
+from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier
 from .ds_config import build_deepspeed_config
-from .metrics import MetricsWriter, peak_memory_mib, training_flops_per_sample
+from .metrics import MetricsWriter, peak_memory_mib, reset_peak_memory, training_flops_per_sample
 from .stages import Stage, build_stage, stage_dir
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
         log.info("stage %s already finished (%s); skipping", name, final)
         return final
     stage_cfg = cfg.train.stage_config(name)
+    if not resume and dist.is_main and out.exists():
+        log.warning("%s exists: training stage %s afresh (pass --resume to continue it instead)", out, name)
+        shutil.rmtree(out)  # no stale checkpoints, stats or exports mixed into the new run
+    barrier()
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (ZeRO-3 partitions local copies)
     dtype = compute_dtype(cfg)
     stage: Stage = build_stage(name, cfg, dist.device, dtype)
@@ -80,7 +85,8 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
         stage.load_extra_state(ckpt_dir / checkpoint.latest_tag(ckpt_dir))
         log.info("stage %s resumed at step %d (epoch %d, batch %d)", name, step, loader.state.epoch,
                  loader.state.batches_done)
-    metrics = MetricsWriter(out, dist.is_main)
+    metrics = MetricsWriter(out, dist.is_main, append=resume)
+    reset_peak_memory(dist.device)  # each stage reports its own high-water mark
     if dist.is_main:
         log.info("stage %s: %d steps, global batch %d, %d samples/epoch, ZeRO-%s, %s", name, stage_cfg.steps,
                  ds_config["train_batch_size"], loader.samples_per_epoch,
@@ -96,7 +102,9 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
         batch = move_batch(next(batches), dist.device, dtype)
         fetched = time.perf_counter()
         if flops_per_sample is None:
-            flops_per_sample = training_flops_per_sample(lambda: engine(batch), len(batch["key"]))
+            flops_per_sample = training_flops_per_sample(lambda: engine(batch),
+                                                         lambda: stage.module.frozen_forward(batch),
+                                                         len(batch["key"]))
         loss, terms = engine(batch)
         engine.backward(loss)
         engine.step()
@@ -136,8 +144,8 @@ def _accumulate(window: dict, terms: dict, samples: int, data_s: float, compute_
     window["compute_s"] += compute_s
     window["samples"] += samples
     window["count"] += 1
-    for key, value in terms.items():
-        window["loss_sum"][key] = window["loss_sum"].get(key, 0.0) + float(value)
+    for key, value in terms.items():  # device tensors: no host sync until the window is logged
+        window["loss_sum"][key] = window["loss_sum"].get(key, 0.0) + value.detach().float()
 
 
 @torch.no_grad()
@@ -174,7 +182,7 @@ def _log_window(metrics: MetricsWriter, step: int, window: dict, engine, flops_p
                 dist: DistInfo, loader: EEGImageLoader) -> None:
     """Average the window's losses over micro-steps and ranks; sum throughput over ranks."""
     names = sorted(window["loss_sum"])
-    local = [window["loss_sum"][n] / window["count"] for n in names]
+    local = [float(window["loss_sum"][n]) / window["count"] for n in names]
     local += [window["samples"], window["data_s"], window["compute_s"]]
     totals = all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
     ranks = dist.world_size
@@ -185,7 +193,7 @@ def _log_window(metrics: MetricsWriter, step: int, window: dict, engine, flops_p
               "lr": engine.get_lr()[0], "samples_per_s": round(samples / wall, 2),
               "data_wait_fraction": round(data_s / wall, 4), "step_time_s": round(wall / window["count"], 4),
               "tflops_per_s": round(samples * flops_per_sample / wall / 1e12, 6),
-              "peak_memory_mib": round(peak_memory_mib(dist.device), 1),
+              "peak_memory_mib": round(all_reduce_max(peak_memory_mib(dist.device)), 1),
               "kimg": round(step * engine.train_batch_size() / 1000, 3), "epoch": loader.state.epoch,
               "dropped_samples": loader.state.dropped}
     metrics.write(step, values)

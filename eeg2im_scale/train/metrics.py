@@ -12,15 +12,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 class MetricsWriter:
-    """Appends one JSON object per logging step (edm's stats.jsonl) and mirrors scalars to
-    TensorBoard. Only rank 0 writes; other ranks get a writer that does nothing."""
+    """One JSON object per logging step (edm's stats.jsonl), mirrored to TensorBoard. A resumed
+    run appends; a fresh one starts the file anew. Only rank 0 writes."""
 
-    def __init__(self, out_dir: Path, enabled: bool):
+    def __init__(self, out_dir: Path, enabled: bool, append: bool):
         self.enabled = enabled
         self._jsonl = self._tb = None
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(out_dir / "stats.jsonl", "a")
+            self._jsonl = open(out_dir / "stats.jsonl", "a" if append else "w")
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(out_dir / "tensorboard"))
@@ -41,17 +41,39 @@ class MetricsWriter:
             self._tb.close()
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new high-water mark: CUDA's allocator counter, or Linux's VmHWM via clear_refs."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: the process-lifetime peak (ru_maxrss) is reported instead
+
+
 def peak_memory_mib(device: torch.device) -> float:
-    """Peak accelerator memory on GPU, peak resident set size of this process on the CPU."""
+    """Peak accelerator memory on GPU; on the CPU, the peak resident set since the last reset."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def training_flops_per_sample(forward, batch_size: int) -> float:
-    """FLOPs of one training sample: the forward counted by PyTorch's FlopCounterMode, times 3
-    for forward + backward (the backward costs about twice the forward)."""
+def training_flops_per_sample(forward, frozen_forward, batch_size: int) -> float:
+    """FLOPs of one training sample, counted by PyTorch's FlopCounterMode: the trained part's
+    forward ×3 (the backward costs about twice the forward) plus the frozen networks' forward
+    once (teacher, conditioning encoders: no backward)."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        forward()  # on a forked RNG: counting must not shift the random stream a resumed run replays
-    return 3.0 * counter.get_total_flops() / batch_size
+    counts = []
+    for run in (forward, frozen_forward):
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), FlopCounterMode(display=False) as counter:
+            run()  # on a forked RNG: counting must not shift the random stream a resumed run replays
+        counts.append(counter.get_total_flops())
+    total, frozen = counts
+    return (3.0 * (total - frozen) + frozen) / batch_size

@@ -114,6 +114,9 @@ class StageModule(nn.Module):
         super().__init__()
         self.dtype = dtype
 
+    def frozen_forward(self, batch: dict) -> None:
+        """Run only the frozen networks ``forward`` uses (FLOP accounting: they get no backward)."""
+
 
 class TeacherModule(StageModule):
     """Fine-tunes ResNet50 on the training images so its logits cover the dataset's classes."""
@@ -151,10 +154,13 @@ class HighLevelModule(StageModule):
         self.encoder, self.cfg = encoder, cfg.model.highlevel
         self._teacher = [teacher]  # a list keeps it out of the module tree (not trained, cast or saved)
 
+    def frozen_forward(self, batch: dict):
+        with torch.no_grad():
+            return self._teacher[0](to_unit_range(batch["image"]))
+
     def forward(self, batch: dict):
         outputs = {k: v.float() for k, v in self.encoder(batch["eeg"]).items()}
-        with torch.no_grad():
-            teacher_logits, teacher_features = self._teacher[0](to_unit_range(batch["image"]))
+        teacher_logits, teacher_features = self.frozen_forward(batch)
         loss, terms = highlevel_loss(outputs, batch["label"], teacher_logits.float(), teacher_features.float(),
                                      self.cfg)
         terms["accuracy"] = (outputs["logits"].argmax(1) == batch["label"]).float().mean()
@@ -171,11 +177,14 @@ class DiffusionModule(StageModule):
         self._encoders = [high, low]
         self.scheduler = make_train_scheduler(cfg.model.diffusion)
 
+    def frozen_forward(self, batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            return condition(*self._encoders, batch["eeg"]).to(self.dtype)
+
     def forward(self, batch: dict):
         dtype = self.dtype
         clean = _images(batch, dtype)
-        with torch.no_grad():
-            cond = condition(*self._encoders, batch["eeg"]).to(dtype)
+        cond = self.frozen_forward(batch)
         noise = torch.randn_like(clean)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(clean),), device=clean.device)
         noisy = self.scheduler.add_noise(clean, noise, timesteps)
