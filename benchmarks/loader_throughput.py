@@ -145,7 +145,7 @@ def export_published(root: Path) -> dict:
                 (out / "images" / f"{name}.{ext}").write_bytes(raw[ext])
                 image_index[name] = len(images)
                 images.append(name)
-            dataset.append({"eeg": torch.from_numpy(sample.eeg), "image": image_index[name],
+            dataset.append({"eeg": sample.eeg, "image": image_index[name],
                             "label": sample.meta["label"], "subject": sample.meta["subject"]})
     torch.save({"dataset": dataset, "labels": list(manifest.info["class_names"]), "images": images},
                out / BASELINE_EEG)
@@ -178,7 +178,7 @@ class PublishedStyleDataset(Dataset):
         item = self.data[self.indices[i]]
         with Image.open(self.image_files[self.images[item["image"]]]) as pil:
             image = prepare_image(np.asarray(pil.convert("RGB")), self.image_size)
-        return {"eeg": torch.from_numpy(self.preprocess(item["eeg"].numpy())), "image": torch.from_numpy(image),
+        return {"eeg": self.preprocess(item["eeg"]), "image": torch.from_numpy(image),
                 "label": item["label"], "subject": item["subject"]}
 
 

@@ -53,7 +53,7 @@ def train_section(data: dict) -> list[str]:
            "mean step time, data-wait share of the step, the loop's achieved-TFLOP/s estimate, peak RSS "
            "(CPU ranks, gloo; ranks × threads per rank).", ""]
     rows = []
-    for run, result in data["runs"].items():
+    for result in data["runs"].values():
         settings = result["settings"]
         label = f"{settings['ranks']}×{settings['omp_num_threads']} ZeRO-{settings['zero_stage']} {settings['precision']}"
         for stage in ("teacher", "lowlevel", "highlevel", "diffusion"):

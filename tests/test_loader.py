@@ -1,6 +1,5 @@
 """Streaming loader: split by node and worker, fixed-length resampled epochs, exact resume."""
 
-import shutil
 from collections import Counter
 
 import numpy as np

@@ -138,13 +138,17 @@ def test_fp16_on_cpu_is_refused_with_the_fix():
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] and ds["train_batch_size"] == 32
 
 
-def test_single_process_zero0_stage_exports_plain_weights(corpus, tmp_path):
-    """No launcher, no ZeRO partitioning: the export is the module's own state dict."""
+def test_single_process_zero0_with_gradient_accumulation(corpus, tmp_path):
+    """No launcher, no ZeRO partitioning (the export is the module's own state dict); steps count
+    optimizer steps, each over grad_accum micro-batches; TensorBoard mirrors stats.jsonl."""
     from safetensors.torch import load_file
 
     run_dir = tmp_path / "run"
     assert train_main(["--config", CONFIG, f"run_dir={run_dir}", f"data.root={corpus}", "train.stage=lowlevel",
-                       "train.zero_stage=0", "train.lowlevel.steps=4", "train.log_every=2"]) == 0
+                       "train.zero_stage=0", "train.grad_accum=2", "train.lowlevel.steps=4", "train.log_every=2"]) == 0
     weights = load_file(str(run_dir / "stages" / "lowlevel" / "final.safetensors"))
     assert any(k.startswith("autoencoder.") for k in weights) and any(k.startswith("encoder.") for k in weights)
-    assert [r["step"] for r in stats(run_dir, "lowlevel")] == [2, 4]
+    records = stats(run_dir, "lowlevel")
+    assert [r["step"] for r in records] == [2, 4]
+    assert records[-1]["kimg"] == pytest.approx(4 * 8 * 2 / 1000)  # steps x micro-batch x accumulation
+    assert list((run_dir / "stages" / "lowlevel" / "tensorboard").glob("events.out.tfevents.*"))

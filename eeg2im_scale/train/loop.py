@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import deepspeed
@@ -102,8 +103,8 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
         batch = move_batch(next(batches), dist.device, dtype)
         fetched = time.perf_counter()
         if flops_per_sample is None:
-            flops_per_sample = training_flops_per_sample(lambda: engine(batch),
-                                                         lambda: stage.module.frozen_forward(batch),
+            flops_per_sample = training_flops_per_sample(partial(engine, batch),
+                                                         partial(stage.module.frozen_forward, batch),
                                                          len(batch["key"]))
         loss, terms = engine(batch)
         engine.backward(loss)
