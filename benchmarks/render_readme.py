@@ -62,6 +62,10 @@ def train_section(data: dict) -> list[str]:
                          f"{100 * fig['data_wait_fraction']:.1f} %", f"{fig['tflops_per_s']:.4f}",
                          f"{fig['peak_memory_mib']:.0f}"])
     out += _table(["run", "stage", "samples/s", "step s", "data wait", "TFLOP/s", "peak MiB"], rows)
+    machine = data["machine"]
+    out += ["", f"Load average on the shared machine: {machine.get('load_average_1min_at_start')} at the start, "
+                f"{machine.get('load_average_1min_at_end')} at the end; 1×2 rows (one rank, two threads) stall on "
+                "a loaded 2-core machine, so compare 2×1 with the 1×1 control rows."]
     efficiency = data.get("scaling_efficiency", {})
     if efficiency:
         out += ["", "Scaling efficiency, 2 ranks vs 1 (samples/s at 2 ÷ twice samples/s at 1; `_omp1`: the 1-rank "

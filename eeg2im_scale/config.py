@@ -169,6 +169,28 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The evaluator: which trials, how many generations, and the metrics' parameters."""
+
+    split: Literal["val", "test"] = "test"  # model selection uses val; test is reported once
+    max_trials: int = 0  # 0 = every trial of the split
+    images_per_trial: int = 1
+    batch_size: int = 16  # trials per generation batch (per process)
+    sampler: Optional[Literal["ddim", "dpm"]] = None  # None: model.diffusion.sampler
+    sample_steps: Optional[int] = None  # None: model.diffusion.sample_steps
+    guidance_scale: Optional[float] = None  # None: model.diffusion.guidance_scale
+    inception_weights: Optional[str] = None  # FID Inception (pt_inception-2015-12-05) file; None: torch hub cache
+    random_inception: bool = False  # tests only: same architecture, random weights (numbers not comparable)
+    is_splits: int = 10
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    n_way: int = 0  # n-way top-k accuracy of generated images under the teacher; 0 = all classes
+    top_k: int = 1
+    grid_trials: int = 8  # trials shown in grid.png
+    seed: int = 0
+
+
+@dataclass
 class Config:
     """Everything one run needs; ``run_dir`` receives all of its outputs."""
 
@@ -177,6 +199,7 @@ class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "Config":
         """Cross-field checks that the per-field types cannot express."""

@@ -120,6 +120,18 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from ..eval.evaluator import evaluate
+
+    cfg = _config(args)
+    if args.dry_run:
+        print(dump_config(cfg))
+        return 0
+    metrics = evaluate(cfg, args.checkpoint, args.out)
+    print(json.dumps({k: v["value"] for k, v in metrics["metrics"].items()}))
+    return 0
+
+
 def cmd_preview(args) -> int:
     from ..data.preview import render_preview
 
@@ -143,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "deepspeed/torchrun for several ranks)")
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoints")
+    evaluate = sub.add_parser("evaluate", help="accuracy, IS, FID, KID and fine-grained fidelity of a released "
+                                               "model (several processes: accelerate launch launchers/evaluate.py)")
+    _add_config_args(evaluate)
+    evaluate.add_argument("--checkpoint", required=True, help="release directory (RUN_DIR/model)")
+    evaluate.add_argument("--out", default=None, help="where metrics.json, per_subject.csv, grid.png go "
+                                                     "(default: the release's run directory)")
     preview = sub.add_parser("preview", help="PNG of one stimulus per class with its EEG")
     preview.add_argument("--root", required=True, help="corpus directory (manifest.parquet + shards/)")
     preview.add_argument("--out", required=True, help="output PNG")
@@ -168,7 +186,7 @@ def _cuda() -> bool:
 
 
 COMMANDS = {"synth": cmd_synth, "stream": cmd_stream, "train": cmd_train, "generate": cmd_generate,
-            "preview": cmd_preview}
+            "preview": cmd_preview, "evaluate": cmd_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,8 @@ def export_release(cfg: Config, out: Path) -> Path:
     mean, std = manifest.eeg_stats(cfg.data.split_by)
     corpus = {
         "channel_names": info["channel_names"], "sfreq": info["sfreq"], "time_points": info["time_points"],
-        "class_names": info["class_names"], "source": info.get("source"), "split_by": cfg.data.split_by,
+        "class_names": info["class_names"], "attribute_names": manifest.attribute_names,
+        "source": info.get("source"), "split_by": cfg.data.split_by,
         "eeg_window": list(cfg.data.eeg_window) if cfg.data.eeg_window else None,
         "bandpass": list(cfg.data.bandpass) if cfg.data.bandpass else None,
         "normalize": cfg.data.normalize, "eeg_mean": mean.tolist(), "eeg_std": std.tolist(),

@@ -1,0 +1,72 @@
+"""The evaluator end to end: a tiny trained release, evaluated by 1 and by 2 processes."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eeg2im_scale.cli.main import main as cli_main
+from eeg2im_scale.config import load_config
+from eeg2im_scale.data.corpus import write_synthetic
+from eeg2im_scale.train.run import main as train_main
+
+CONFIG = "tests/configs/tiny_train.yaml"
+EVAL = ["eval.random_inception=true", "eval.images_per_trial=2", "eval.batch_size=4", "eval.sample_steps=2",
+        "eval.kid_subsets=5", "eval.is_splits=2", "eval.grid_trials=3"]
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    write_synthetic(load_config(CONFIG).synth, root / "corpus")
+    steps = [f"train.{s}.steps=2" for s in ("teacher", "lowlevel", "highlevel", "diffusion")]
+    assert train_main(["--config", CONFIG, f"run_dir={root / 'run'}", f"data.root={root / 'corpus'}",
+                       "train.log_every=1", *steps]) == 0
+    return root
+
+
+def overrides(release):
+    return [f"data.root={release / 'corpus'}", *EVAL]
+
+
+def test_single_process_evaluation_writes_metrics_table_and_grid(release, tmp_path):
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate", "--config", CONFIG, "--checkpoint", str(release / "run" / "model"),
+                     "--out", str(out), *overrides(release)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    values = {k: v["value"] for k, v in metrics["metrics"].items()}
+    for name in ("eeg_top1", "eeg_top5", "inception_score", "fid", "kid", "generated_n_way_top_k",
+                 "hist_intersection", "hue_emd", "ssim", "pixel_correlation", "hue_error", "brightness_error"):
+        assert name in values and metrics["metrics"][name]["definition"], name
+    test_trials = 20  # tiny_train.yaml's test split under the image scheme
+    assert metrics["protocol"]["trials"] == test_trials and metrics["protocol"]["generated_images"] == 2 * test_trials
+    assert metrics["protocol"]["inception"].startswith("random")
+    assert 0 <= values["eeg_top1"] <= values["eeg_top5"] <= 1 and values["fid"] >= 0
+    with open(out / "per_subject.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sum(int(r["trials"]) for r in rows) == test_trials
+    assert (out / "grid.png").stat().st_size > 0
+
+
+def test_two_processes_give_the_same_metrics_as_one(release, tmp_path):
+    model = str(release / "run" / "model")
+    assert cli_main(["evaluate", "--config", CONFIG, "--checkpoint", model, "--out", str(tmp_path / "one"),
+                     *overrides(release)]) == 0
+    accelerate = Path(sys.executable).parent / "accelerate"
+    result = subprocess.run([str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                             "--mixed_precision", "no", "--dynamo_backend", "no", "launchers/evaluate.py",
+                             "--config", CONFIG, "--checkpoint", model, "--out", str(tmp_path / "two"),
+                             *overrides(release)], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert one["protocol"]["trials"] == two["protocol"]["trials"]
+    for name, entry in one["metrics"].items():
+        a, b = entry["value"], two["metrics"][name]["value"]
+        a, b = (a["mean"], b["mean"]) if isinstance(a, dict) else (a, b)
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-4), name

@@ -1,0 +1,135 @@
+"""FID / IS / KID agree with torch-fidelity 0.4.0 and the pytorch-fid formula; the Inception loads offline."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from torch_fidelity.metric_fid import (
+    fid_features_to_statistics,
+    fid_statistics_to_metric,
+)
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+
+from eeg2im_scale.eval.gen_metrics import (
+    FeatureStats,
+    fid_from_stats,
+    frechet_distance,
+    inception_score,
+    kid,
+)
+from eeg2im_scale.eval.inception import (
+    InceptionWeightsNotFound,
+    extract,
+    load_fid_inception,
+    random_fid_inception,
+)
+
+D = 64
+
+
+def _features(n, shift=0.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(D, D, generator=g, dtype=torch.float64) / D**0.5
+    return (torch.randn(n, D, generator=g, dtype=torch.float64) @ mix + shift).relu()  # pool3-like: ≥ 0, correlated
+
+
+def _pytorch_fid(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """pytorch-fid's calculate_frechet_distance, written out."""
+    diff = mu1 - mu2
+    covmean, _ = scipy.linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _rel(a, b):
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+@pytest.mark.parametrize("chunks", [1, 5])
+def test_fid_matches_pytorch_fid_and_torch_fidelity(chunks):
+    a, b = _features(300, seed=1), _features(400, shift=0.3, seed=2)
+    # accumulate in chunks on separate "processes", merge through the flat all-reduce tensor
+    parts = [FeatureStats(D).update(c) for c in a.chunk(chunks)]
+    flat = torch.stack([p.to_tensor() for p in parts]).sum(0)
+    stats_a = FeatureStats.from_tensor(flat)
+    stats_b = sum((FeatureStats(D).update(c) for c in b.chunk(chunks)), FeatureStats(D))
+    assert stats_a.count == 300 and stats_b.count == 400
+    np.testing.assert_allclose(stats_a.cov().numpy(), np.cov(a.numpy(), rowvar=False), rtol=1e-9, atol=1e-12)
+
+    fid = fid_from_stats(stats_a, stats_b)
+    ta, tb = fid_features_to_statistics(a), fid_features_to_statistics(b)
+    reference = _pytorch_fid(ta["mu"], ta["sigma"], tb["mu"], tb["sigma"])
+    tf_fid = fid_statistics_to_metric(ta, tb, verbose=False)["frechet_inception_distance"]
+    assert fid > 0.1
+    assert _rel(fid, reference) < 1e-4 and _rel(fid, tf_fid) < 1e-4
+    assert abs(fid_from_stats(stats_a, stats_a)) < 1e-8
+
+
+def test_fid_singular_covariance():
+    """Fewer samples than dimensions (rank-deficient Σ): still finite and equal to the reference."""
+    a, b = _features(40, seed=3), _features(50, shift=0.2, seed=4)
+    ta, tb = fid_features_to_statistics(a), fid_features_to_statistics(b)
+    fid = frechet_distance(ta["mu"], ta["sigma"], tb["mu"], tb["sigma"])
+    assert np.isfinite(fid) and _rel(fid, _pytorch_fid(ta["mu"], ta["sigma"], tb["mu"], tb["sigma"])) < 1e-4
+
+
+def test_feature_stats_empty_process_and_errors():
+    empty = FeatureStats(D)
+    merged = FeatureStats.from_tensor(empty.to_tensor() + FeatureStats(D).update(_features(10)).to_tensor())
+    assert merged.count == 10
+    with pytest.raises(ValueError):
+        FeatureStats(D).update(torch.zeros(3, D + 1))
+    with pytest.raises(ValueError):
+        empty.cov()
+
+
+def test_inception_score_matches_torch_fidelity():
+    logits = torch.randn(250, 1008, generator=torch.Generator().manual_seed(5)) * 3
+    for splits in (10, 3):
+        mean, std = inception_score(logits, splits=splits)
+        ref = isc_features_to_metric(logits, splits=splits)
+        assert _rel(mean, ref["inception_score_mean"]) < 1e-4 and _rel(std, ref["inception_score_std"]) < 1e-4
+    probs_mean, _ = inception_score(logits.double().softmax(1), splits=10, probs=True)
+    assert _rel(probs_mean, isc_features_to_metric(logits, splits=10)["inception_score_mean"]) < 1e-4
+
+
+def test_kid_matches_torch_fidelity():
+    a, b = _features(120, seed=6), _features(150, shift=0.1, seed=7)
+    mean, std = kid(a, b, subsets=20, subset_size=50, seed=11)
+    ref = kid_features_to_metric(a, b, kid_subsets=20, kid_subset_size=50, rng_seed=11, verbose=False)
+    assert _rel(mean, ref["kernel_inception_distance_mean"]) < 1e-4
+    assert _rel(std, ref["kernel_inception_distance_std"]) < 1e-4
+    # subset_size larger than a set: clipped to the smaller set (torch-fidelity refuses)
+    clipped = kid(a, b, subsets=3, subset_size=1000, seed=0)
+    ref = kid_features_to_metric(a, b, kid_subsets=3, kid_subset_size=120, rng_seed=0, verbose=False)
+    assert _rel(clipped[0], ref["kernel_inception_distance_mean"]) < 1e-4
+
+
+def test_missing_inception_weights_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    for path in (None, str(tmp_path / "nope.pth")):
+        with pytest.raises(InceptionWeightsNotFound, match="eval.inception_weights") as info:
+            load_fid_inception(path, "cpu")
+        assert isinstance(info.value, FileNotFoundError)
+
+
+def test_random_inception_shapes_and_determinism(tmp_path, monkeypatch):
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    model = random_fid_inception("cpu", seed=3)
+    features, logits = extract(model, images)
+    assert features.shape == (2, 2048) and features.dtype == torch.float64 and logits.shape == (2, 1008)
+    assert torch.isfinite(features).all() and features.std() > 1e-3
+    again = extract(random_fid_inception("cpu", seed=3), images)
+    assert torch.equal(features, again[0]) and torch.equal(logits, again[1])
+    assert not torch.equal(random_fid_inception("cpu", seed=4).fc.weight, model.fc.weight)
+    # a saved state dict loads strictly through the offline path (explicit path, then the hub cache)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    loaded = load_fid_inception(str(tmp_path / "w.pth"), "cpu")
+    assert torch.equal(extract(loaded, images)[0], features)
+    with pytest.raises(TypeError):
+        extract(model, images.float())
