@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import Config, ConfigError, SynthConfig, dump_config, load_config, to_dict
+from ..config import ConfigError, SynthConfig, dump_config, load_config, to_dict
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -67,10 +67,7 @@ def cmd_stream(args) -> int:
     from ..data.corpus import ensure_corpus_on_rank
     from ..data.loader import EEGImageLoader
 
-    cfg = _config(args)
-    if args.dry_run:
-        print(dump_config(cfg))
-        return 0
+    cfg = args.cfg
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     ensure_corpus_on_rank(cfg, rank)
     loader = EEGImageLoader(cfg.data, args.split, train=args.split == "train", rank=rank, world_size=world)
@@ -92,10 +89,7 @@ def cmd_stream(args) -> int:
 def cmd_train(args) -> int:
     from ..train.run import run
 
-    cfg = _config(args)
-    if args.dry_run:
-        print(dump_config(cfg))
-        return 0
+    cfg = args.cfg
     run(cfg, resume=args.resume)
     return 0
 
@@ -123,10 +117,7 @@ def cmd_generate(args) -> int:
 def cmd_evaluate(args) -> int:
     from ..eval.evaluator import evaluate
 
-    cfg = _config(args)
-    if args.dry_run:
-        print(dump_config(cfg))
-        return 0
+    cfg = args.cfg
     metrics = evaluate(cfg, args.checkpoint, args.out)
     print(json.dumps({k: v["value"] for k, v in metrics["metrics"].items()}))
     return 0
@@ -137,10 +128,6 @@ def cmd_preview(args) -> int:
 
     print(f"wrote {render_preview(args.root, args.out, args.split, args.classes)}")
     return 0
-
-
-def _config(args) -> Config:
-    return load_config(args.config, args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if hasattr(args, "overrides"):  # the commands that take --config, overrides and --dry-run
+            args.cfg = load_config(args.config, args.overrides)
+            if args.dry_run:
+                print(dump_config(args.cfg))
+                return 0
         return COMMANDS[args.command](args)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"eeg2im {args.command}: error: {exc}", file=sys.stderr)
