@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-import torch.distributed as tdist
+import deepspeed
 
 from ..config import STAGES, Config, ConfigError, dump_config, load_config
 from ..data.corpus import ensure_corpus_on_rank
@@ -57,7 +57,8 @@ def run(cfg: Config, resume: bool = False) -> Path:
 
         export_release(cfg, release)
     barrier()
-    tdist.destroy_process_group()
+    # DeepSpeed's own destroy also drops its cached groups, so a later run in this process starts clean
+    deepspeed.comm.destroy_process_group()
     return release
 
 
