@@ -76,7 +76,29 @@ def train_section(data: dict) -> list[str]:
     return out + [""]
 
 
-SECTIONS = {"loader_throughput.json": loader_section, "train_throughput.json": train_section}
+def eval_section(data: dict) -> list[str]:
+    fx, whole = data["feature_extraction"], data["whole_evaluation"]
+    one, two = whole["processes_1"], whole["processes_2"]
+    out = [f"**Evaluation** (`eval_throughput.json`, {data['date'][:10]}): FID-Inception feature extraction on "
+           f"{fx['images']} uint8 {fx['image_size']}² images (batch {fx['batch_size']}, {fx['torch_threads']} threads; "
+           "random weights offline, same network and weights for both), and a whole evaluation of a tiny release "
+           f"({one['trials']} trials, {one['generated_images']} generated images, wall time from process start).", ""]
+    out += _table(["measurement", "value"], [
+        ["feature extraction, eeg2im_scale", f"{fx['ours_images_per_s']:.1f} images/s"],
+        ["feature extraction, torch-fidelity", f"{fx['torch_fidelity_images_per_s']:.1f} images/s"],
+        [f"whole evaluation, 1 process × {one['omp_num_threads']} threads", f"{one['wall_s']:.1f} s "
+         f"({one['generated_images_per_s']:.2f} generated images/s)"],
+        [f"whole evaluation, 2 processes × {two['omp_num_threads']} thread", f"{two['wall_s']:.1f} s "
+         f"({two['generated_images_per_s']:.2f} generated images/s)"],
+        ["same FID with 1 and 2 processes", str(whole["same_fid_1_and_2_processes"])],
+    ])
+    return out + ["", f"The {whole['speedup_2_over_1']:.2f}× speed-up of 2 processes exceeds 2 because the "
+                      "single 2-thread process stalls on the loaded shared machine (load average "
+                      f"{one['load_average_1min_before']}); it is not a scaling figure.", ""]
+
+
+SECTIONS = {"loader_throughput.json": loader_section, "train_throughput.json": train_section,
+            "eval_throughput.json": eval_section}
 
 
 def render() -> str:
