@@ -50,6 +50,8 @@ def test_single_process_evaluation_writes_metrics_table_and_grid(release, tmp_pa
         rows = list(csv.DictReader(f))
     assert sum(int(r["trials"]) for r in rows) == test_trials
     assert (out / "grid.png").stat().st_size > 0
+    card = (release / "run" / "model" / "README.md").read_text()
+    assert '"fid"' in card and '"split": "test"' in card  # the model card now carries the evaluation
 
 
 def test_two_processes_give_the_same_metrics_as_one(release, tmp_path):

@@ -25,7 +25,7 @@ from accelerate.utils import gather_object, reduce
 from ..config import Config
 from ..data.loader import EEGImageLoader
 from ..models.autoencoder import from_unit_range
-from ..models.pipeline import EEG2IMPipeline
+from ..models.pipeline import EEG2IMPipeline, model_card
 from ..models.sampling import sample
 from . import fidelity
 from .gen_metrics import FeatureStats, fid_from_stats, inception_score, kid
@@ -110,6 +110,7 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _write_per_subject(out / "per_subject.csv", records)
         _write_grid(out / "grid.png", dict(grid_items), pipeline.corpus["class_names"])
+        (Path(model_dir) / "README.md").write_text(model_card(pipeline.cfg, pipeline.corpus, metrics))
         log.info("evaluation written to %s", out)
     state.wait_for_everyone()
     return metrics

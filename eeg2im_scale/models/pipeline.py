@@ -65,11 +65,13 @@ def export_release(cfg: Config, out: Path) -> Path:
     return out
 
 
-def model_card(cfg: Config, corpus: dict) -> str:
+def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
+    """The release's README: data, splits, models, and the evaluation once there is one."""
     m = cfg.model
     counts = corpus["split_counts"]
-    metrics_path = Path(cfg.run_dir) / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    if metrics is not None:
+        metrics = {"protocol": {k: v for k, v in metrics["protocol"].items() if k != "eval_config"},
+                   "metrics": {k: v["value"] for k, v in metrics["metrics"].items()}}
     return "\n".join([
         "# EEG2IM model (eeg2im_scale)",
         "",
@@ -90,7 +92,8 @@ def model_card(cfg: Config, corpus: dict) -> str:
         f"image size {corpus['image_size']}; weights are the EMA (half-life {cfg.train.ema_halflife_kimg} kimg)",
         "",
         "## Metrics",
-        "```json\n" + json.dumps(metrics, indent=1) + "\n```" if metrics else "Not evaluated yet.",
+        "```json\n" + json.dumps(metrics, indent=1) + "\n```" if metrics else
+        "Not evaluated yet: `eeg2im evaluate --config ... --checkpoint <this directory>` fills this in.",
         "",
         "## Use",
         "```",
