@@ -1,24 +1,36 @@
-"""Smoke test of the loader benchmark: it runs end to end and reports every figure by name."""
+"""Smoke tests of the benchmarks: each runs end to end in --quick mode and reports every figure by name.
+
+No timing assertions: speeds are measured by the benchmarks themselves (JSON out), never as tests.
+"""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "loader_throughput.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 WORKERS = ("workers_0", "workers_1", "workers_2")
+STAGES = ("teacher", "lowlevel", "highlevel", "diffusion")
+FIGURES = ("samples_per_s", "step_time_s", "data_wait_s", "compute_s", "data_wait_fraction", "tflops_per_s",
+           "peak_memory_mib", "wall_samples_per_s")
 
 
 def positive(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
+def run_quick(script: str, tmp_path: Path, timeout: int = 600) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run ``benchmarks/<script> --quick`` into ``tmp_path``; its JSON and the finished process."""
+    out = tmp_path / "result.json"
+    command = [sys.executable, str(BENCHMARKS / script), "--quick", "--out", str(out), "--work-dir",
+               str(tmp_path / "work")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text()), done
+
+
 def test_quick_loader_benchmark_reports_every_figure(tmp_path):
-    out = tmp_path / "tmp.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--work-dir", str(tmp_path / "tmp")],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result, done = run_quick("loader_throughput.py", tmp_path, timeout=300)
 
     for section in ("streaming", "baseline_published"):
         assert set(result[section]) == set(WORKERS)
@@ -41,3 +53,56 @@ def test_quick_loader_benchmark_reports_every_figure(tmp_path):
 
     assert positive(result["machine"]["cpu_count"]) and result["machine"]["torch"] and result["date"]
     assert "decode_ceiling" in done.stdout  # the human-readable summary was printed
+
+
+def test_quick_train_benchmark_reports_every_figure(tmp_path):
+    result, done = run_quick("train_throughput.py", tmp_path)
+
+    runs, expected = result["runs"], {"ranks1_zero2", "ranks2_zero2"}
+    if result["machine"]["gpus"]:  # plus bf16 and attention runs; 2 ranks need 2 GPUs
+        assert expected <= set(runs) | set(result["skipped"])
+    else:
+        assert set(runs) == expected and not result["skipped"]
+    for key, run in runs.items():
+        settings = run["settings"]
+        assert settings["zero_stage"] == 2 and settings["ranks"] == int(key[5])
+        assert positive(settings["omp_num_threads"]) and positive(settings["global_batch"])
+        for stage in STAGES if settings["train_stage"] == "all" else [settings["train_stage"]]:
+            for name in FIGURES:
+                assert positive(run[stage][name]), (key, stage, name, run[stage])
+            assert run[stage]["data_wait_fraction"] < 1
+            assert run[stage]["steps_measured"] == 4  # 6 steps, windows of 2, the first discarded
+    if expected <= set(runs):
+        assert all(positive(result["scaling_efficiency"]["zero2"][s]) for s in STAGES)
+
+    assert result["config"]["file"].endswith("tiny_train.yaml") and result["config"]["steps_per_stage"] == 6
+    assert "train.zero_stage=2" in result["runs"]["ranks1_zero2"]["settings"]["overrides"]
+    assert positive(result["machine"]["cpu_count"]) and "load_average_1min_at_start" in result["machine"]
+    assert result["date"]
+    assert "samples/s" in done.stdout and "ranks2_zero2" in done.stdout  # the human-readable table
+
+
+def test_quick_eval_benchmark_reports_every_figure(tmp_path):
+    result, done = run_quick("eval_throughput.py", tmp_path)
+
+    features = result["feature_extraction"]
+    for name in ("images", "batch_size", "torch_threads", "ours_images_per_s", "ours_wall_s",
+                 "torch_fidelity_images_per_s", "torch_fidelity_wall_s", "ratio_ours_over_torch_fidelity",
+                 "inception_score_ours", "inception_score_torch_fidelity"):
+        assert positive(features[name]), (name, features[name])
+    assert "calculate_metrics" in features["compared"] and features["weights"].startswith("random")
+
+    whole = result["whole_evaluation"]
+    for processes in (1, 2):
+        run = whole[f"processes_{processes}"]
+        for name in ("wall_s", "trials", "generated_images", "trials_per_s", "generated_images_per_s",
+                     "omp_num_threads"):
+            assert positive(run[name]), (processes, name, run[name])
+        assert "load_average_1min_before" in run and "load_average_1min_after" in run
+    assert whole["processes_1"]["omp_num_threads"] == 2 and whole["processes_2"]["omp_num_threads"] == 1
+    assert whole["processes_1"]["trials"] == whole["processes_2"]["trials"] == 4  # eval.max_trials=4
+    assert positive(whole["speedup_2_over_1"])
+
+    assert result["mode"] == "quick" and result["date"] and positive(result["machine"]["cpu_count"])
+    assert "load_average_1min_at_start" in result["machine"]
+    assert "images/s" in done.stdout and "speed-up" in done.stdout  # the human-readable table
