@@ -41,7 +41,7 @@ class SampleError(ValueError):
 
 def encode_eeg(eeg: np.ndarray) -> bytes:
     """float16 .npy bytes; refuses values that float16 cannot hold rather than storing inf."""
-    half = np.asarray(eeg).astype(np.float16)
+    half = np.asarray(eeg).astype(np.float16, copy=False)
     if not np.isfinite(half).all():
         raise ValueError(f"EEG has NaN/Inf or exceeds the float16 range (max |x| = {np.nanmax(np.abs(eeg)):.3g})")
     buf = io.BytesIO()

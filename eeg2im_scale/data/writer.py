@@ -129,14 +129,16 @@ def write_shard(path: Path, shard_name: str, samples: Iterable[RawSample], info:
             row = _row(sample, shard_name, info, fractions, seed)
             meta = {**sample.meta, "image_id": row["image_id"], "class_name": row["class_name"],
                     "session": row["session"], "block": row["block"]}
-            try:
-                record = encode_sample(sample.index, sample.eeg, image_bytes, ext, meta)
-            except ValueError as exc:
-                raise ValueError(f"sample {sample.index} (image {row['image_id']}, subject {row['subject']}): {exc}") from None
-            eeg16 = np.asarray(sample.eeg).astype(np.float16)
+            eeg16 = np.asarray(sample.eeg).astype(np.float16)  # cast once: stored bytes and statistics
             if eeg16.shape != (len(info.channel_names), info.time_points):
                 raise ValueError(f"sample {sample.index}: EEG shape {eeg16.shape}, expected "
                                  f"({len(info.channel_names)}, {info.time_points})")
+            try:
+                record = encode_sample(sample.index, eeg16, image_bytes, ext, meta)
+            except ValueError as exc:
+                raise ValueError(f"sample {sample.index} (image {row['image_id']}, subject {row['subject']}): {exc}; "
+                                 f"largest |value| before the float16 cast: "
+                                 f"{np.nanmax(np.abs(sample.eeg)):.3g}") from None
             sink.write(record)
             rows.append(row)
             sums.add(("image", row["split_image"]), eeg16)
