@@ -52,6 +52,7 @@ class DataConfig:
 
     root: str = "runs/data/synthetic_tiny"
     split_by: Literal["image", "subject", "block", "release"] = "image"
+    classes: Optional[list[str]] = None  # a class subset by manifest class_name, relabelled 0..k-1 in this order
     batch_size: int = 32
     num_workers: int = 0
     shuffle_buffer: int = 1000
@@ -219,6 +220,8 @@ class Config:
             raise ConfigError("data.num_workers and data.samples_per_epoch must be >= 0")
         if d.eeg_window is not None and not 0 <= d.eeg_window[0] < d.eeg_window[1]:
             raise ConfigError(f"data.eeg_window must be [start, stop) with 0 <= start < stop, got {list(d.eeg_window)}")
+        if d.classes is not None and (len(d.classes) < 2 or len(set(d.classes)) != len(d.classes)):
+            raise ConfigError(f"data.classes must list at least two distinct class names, got {d.classes}")
         if d.bandpass is not None and not 0 <= d.bandpass[0] < d.bandpass[1]:
             raise ConfigError(f"data.bandpass must be [low, high] Hz with 0 <= low < high, got {list(d.bandpass)}")
         if abs(sum(s.split_fractions) - 1.0) > 1e-6 or min(s.split_fractions) < 0:

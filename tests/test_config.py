@@ -14,14 +14,24 @@ def test_yaml_and_dotted_overrides(tmp_path):
     assert cfg.synth.sfreq == 500.0 and isinstance(cfg.synth.sfreq, float)
 
 
+# Real corpora's geometry (channels, time points, Hz, classes) as their converters write it;
+# synthetic configs take theirs from `synth:`.
+REAL_GEOMETRY = {"eeg_imagenet40.yaml": (128, 440, 1000.0, 40), "eeg_imagenet_subset4.yaml": (128, 440, 1000.0, 40),
+                 "things_eeg2.yaml": (17, 100, 100.0, 1854)}
+
+
 @pytest.mark.parametrize("path", sorted(Path("configs").glob("*.yaml")))
 def test_shipped_configs_load_and_build_their_models(path):
     """Every shipped config is valid and its models can be built at its data geometry."""
     from eeg2im_scale.train.stages import Geometry, build_highlevel, build_lowlevel, build_unet
 
     cfg = load_config(path)
-    info = {"channel_names": [f"E{i}" for i in range(cfg.synth.channels)], "time_points": cfg.synth.time_points,
-            "sfreq": cfg.synth.sfreq, "class_names": [str(c) for c in range(cfg.synth.num_classes)]}
+    channels, time_points, sfreq, classes = REAL_GEOMETRY.get(
+        path.name, (cfg.synth.channels, cfg.synth.time_points, cfg.synth.sfreq, cfg.synth.num_classes))
+    assert cfg.data.synthesize == (path.name not in REAL_GEOMETRY)
+    class_names = cfg.data.classes or [str(c) for c in range(classes)]
+    info = {"channel_names": [f"E{i}" for i in range(channels)], "time_points": time_points,
+            "sfreq": sfreq, "class_names": class_names}
     geo = Geometry(cfg, info)
     build_highlevel(cfg, geo), build_lowlevel(cfg, geo), build_unet(cfg, geo)
 

@@ -117,3 +117,23 @@ def test_state_saved_under_another_world_size_restarts_the_epoch(random_corpus, 
     one.load_state_dict(two.state_dict())
     assert "restarts from its beginning" in caplog.text
     assert one.state_dict()["batches_done"] == 0
+
+
+def test_class_subset_selects_and_relabels_in_the_given_order(random_corpus):
+    """data.classes keeps only the named classes, relabelled 0..k-1 in the order given."""
+    full = Manifest(random_corpus)
+    names = full.read(["key", "class_name"]).to_pylist()
+    expected = {r["key"]: ["c", "a"].index(r["class_name"]) for r in names if r["class_name"] in ("c", "a")}
+    loader = EEGImageLoader(data_cfg(random_corpus, classes=["c", "a"]), "train", train=False)
+    seen = {}
+    for batch in loader:
+        seen.update(zip(batch["key"], batch["label"].tolist()))
+    train_keys = {k for k in expected if full.membership("image", "train")[int(k)]}
+    assert seen == {k: expected[k] for k in train_keys}
+    assert loader.manifest.class_names == ["c", "a"]
+    assert loader.manifest.class_subset == {"class_names": ["c", "a"], "source_labels": [2, 0]}
+
+
+def test_class_subset_naming_an_unknown_class_fails_with_the_valid_ones(random_corpus):
+    with pytest.raises(ValueError, match=r"data.classes names \['zebra'\].*its classes are: a, b, c"):
+        EEGImageLoader(data_cfg(random_corpus, classes=["a", "zebra"]), "train")

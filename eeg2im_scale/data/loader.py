@@ -56,6 +56,7 @@ class StreamPlan:
 
     shards: list[ShardEntry]
     member: np.ndarray  # bool mask by sample index
+    label_map: np.ndarray  # stored label -> training label (data.classes re-indexing)
     eeg_shape: tuple[int, int]
     preprocess: EEGPreprocess
     image_size: int
@@ -120,7 +121,7 @@ class StreamPlan:
         return {
             "eeg": self.preprocess(sample.eeg),
             "image": prepare_image(sample.image, self.image_size),
-            "label": sample.meta["label"],
+            "label": int(self.label_map[sample.meta["label"]]),
             "subject": sample.meta["subject"],
             "key": sample.key,
             "image_id": str(sample.meta.get("image_id", "")),
@@ -220,7 +221,7 @@ class EEGImageLoader:
                  rank: int = 0, world_size: int = 1):
         self.cfg, self.split = cfg, split
         self.train = (split == "train") if train is None else train
-        self.manifest = Manifest(cfg.root)
+        self.manifest = Manifest.for_data(cfg)
         self.num_workers = cfg.num_workers
         self.rank, self.world_size = rank, world_size
         shards = self.manifest.shards(cfg.split_by, split)  # first: validates scheme and split
@@ -232,6 +233,7 @@ class EEGImageLoader:
         self.plan = StreamPlan(
             shards=shards,
             member=self.manifest.membership(cfg.split_by, split),
+            label_map=self.manifest.label_map,
             eeg_shape=(channels, time_points),
             preprocess=EEGPreprocess(tuple(cfg.eeg_window) if cfg.eeg_window else None, mean, std, sos),
             image_size=cfg.image_size, attribute_names=self.manifest.attribute_names,

@@ -22,9 +22,13 @@ class ShardEntry:
 
 
 class Manifest:
-    """The manifest's metadata plus the few columns the loader needs, held as compact arrays."""
+    """The manifest's metadata plus the few columns the loader needs, held as compact arrays.
 
-    def __init__(self, root: str | Path):
+    ``classes`` (``data.classes``) restricts every split to a class subset, relabelled 0..k-1 in
+    the given order; ``class_names``, ``label_map`` and ``class_subset`` describe the result.
+    """
+
+    def __init__(self, root: str | Path, classes: list[str] | None = None):
         self.root = Path(root)
         self.path = self.root / MANIFEST
         if not self.path.is_file():
@@ -37,17 +41,46 @@ class Manifest:
             raise ValueError(f"{self.path}: not an eeg2im manifest (no '{META_KEY.decode()}' metadata)")
         self.info: dict = json.loads(raw_meta)
         split_columns = [f"split_{s}" for s in SCHEMES]
-        self._columns = pq.read_table(self.path, columns=["index", "shard", *split_columns],
+        self._columns = pq.read_table(self.path, columns=["index", "shard", "label", *split_columns],
                                       read_dictionary=["shard", *split_columns])
         self.num_samples = self._columns.num_rows
         index = self._columns.column("index").to_numpy()
         if index.min() < 0 or len(np.unique(index)) != len(index):
             raise ValueError(f"{self.path}: column 'index' must hold distinct non-negative integers")
         self._index = index
+        self._select_classes(classes)
+
+    @classmethod
+    def for_data(cls, data) -> "Manifest":
+        """The manifest as a ``DataConfig`` sees it (its root and class subset)."""
+        return cls(data.root, data.classes)
+
+    def _select_classes(self, classes: list[str] | None) -> None:
+        all_names = list(self.info["class_names"])
+        if classes is None:
+            self.class_names, source = all_names, list(range(len(all_names)))
+        else:
+            unknown = [c for c in classes if c not in all_names]
+            if unknown:
+                raise ValueError(f"{self.path}: data.classes names {unknown}, which this corpus does not hold; "
+                                 f"its classes are: {', '.join(all_names[:50])}{' ...' if len(all_names) > 50 else ''}")
+            self.class_names, source = list(classes), [all_names.index(c) for c in classes]
+        self.label_map = np.full(len(all_names), -1, dtype=np.int64)  # source label -> label, -1: excluded
+        self.label_map[source] = np.arange(len(source))
+        self.class_subset = None if classes is None else {"class_names": self.class_names, "source_labels": source}
+        labels = self._columns.column("label").to_numpy()
+        if labels.min() < 0 or labels.max() >= len(all_names):
+            raise ValueError(f"{self.path}: column 'label' must index the {len(all_names)} class_names")
+        self._in_classes = self.label_map[labels] >= 0
 
     @property
     def eeg_shape(self) -> tuple[int, int]:
         return len(self.info["channel_names"]), int(self.info["time_points"])
+
+    @property
+    def selected_info(self) -> dict:
+        """The corpus metadata with ``class_names`` narrowed to the selected classes."""
+        return {**self.info, "class_names": self.class_names}
 
     @property
     def attribute_names(self) -> list[str]:
@@ -67,6 +100,7 @@ class Manifest:
         """Boolean mask indexed by sample index: True where the sample belongs to the split."""
         self._check(scheme, split)
         selected = pc.equal(self._columns.column(f"split_{scheme}"), split).fill_null(False).to_numpy(zero_copy_only=False)
+        selected = selected & self._in_classes
         mask = np.zeros(int(self._index.max()) + 1, dtype=bool)
         mask[self._index] = selected
         return mask

@@ -31,7 +31,7 @@ def render_preview(root: str | Path, out: str | Path, split: str = "train", clas
     loader = EEGImageLoader(DataConfig(root=str(root), normalize=False, batch_size=64, synthesize=False),
                             split, train=False)
     trials = first_per_class(loader, classes)
-    names, sfreq = loader.manifest.info["class_names"], float(loader.manifest.info["sfreq"])
+    names, sfreq = loader.manifest.class_names, float(loader.manifest.info["sfreq"])
     fig, axes = plt.subplots(2, len(trials), figsize=(2.4 * len(trials), 4.6),
                              gridspec_kw={"height_ratios": [1, 0.9]}, squeeze=False)
     for column, trial in enumerate(trials):

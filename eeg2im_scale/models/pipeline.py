@@ -44,12 +44,13 @@ def export_release(cfg: Config, out: Path) -> Path:
     save_file(_strip(load_file(str(stage_weights(cfg, "lowlevel"))), "encoder."), str(tmp / WEIGHTS["lowlevel"]))
     save_file(_strip(load_file(str(stage_weights(cfg, "diffusion"))), "ema.unet."), str(tmp / WEIGHTS["unet"]))
     save_file(_strip(load_file(str(stage_weights(cfg, "teacher"))), "teacher."), str(tmp / WEIGHTS["teacher"]))
-    manifest = Manifest(cfg.data.root)
+    manifest = Manifest.for_data(cfg.data)
     info = manifest.info
     mean, std = manifest.eeg_stats(cfg.data.split_by)
     corpus = {
         "channel_names": info["channel_names"], "sfreq": info["sfreq"], "time_points": info["time_points"],
-        "class_names": info["class_names"], "attribute_names": manifest.attribute_names,
+        "class_names": manifest.class_names, "class_subset": manifest.class_subset,
+        "attribute_names": manifest.attribute_names,
         "source": info.get("source"), "split_by": cfg.data.split_by,
         "eeg_window": list(cfg.data.eeg_window) if cfg.data.eeg_window else None,
         "bandpass": list(cfg.data.bandpass) if cfg.data.bandpass else None,

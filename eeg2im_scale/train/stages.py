@@ -248,7 +248,7 @@ class DiffusionStage(Stage):
 
 def build_stage(name: str, cfg: Config, device: torch.device, dtype: torch.dtype = torch.float32) -> Stage:
     """The stage ``name`` with its frozen dependencies loaded from earlier stages' exports."""
-    geo = Geometry(cfg, Manifest(cfg.data.root).info)
+    geo = Geometry(cfg, Manifest.for_data(cfg.data).selected_info)
     missing = missing_dependencies(cfg, [name])
     if missing:
         raise FileNotFoundError(f"stage {name} needs {', '.join(str(stage_weights(cfg, m)) for m in missing)}; "
