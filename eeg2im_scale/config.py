@@ -73,6 +73,7 @@ class TeacherConfig:
     pretrained: bool = False  # ImageNet weights: from `weights` or the torch hub cache, never downloaded
     weights: Optional[str] = None  # path to a torchvision resnet50 state dict (.pth/.safetensors)
     input_size: int = 224  # images are resized to this before the teacher
+    augment: bool = True  # random flips and shifts while fine-tuning (it memorises a few hundred images otherwise)
 
 
 @dataclass
@@ -112,6 +113,8 @@ class DiffusionConfig:
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # which EEG features condition the UNet: both (the paper's multi-level design) or one alone (ablation)
+    condition_on: Literal["multilevel", "highlevel", "lowlevel"] = "multilevel"
     cond_dropout: float = 0.1  # probability of the null condition in training (classifier-free guidance)
     sampler: Literal["ddim", "dpm"] = "ddim"
     sample_steps: int = 50
@@ -182,6 +185,7 @@ class EvalConfig:
     guidance_scale: Optional[float] = None  # None: model.diffusion.guidance_scale
     inception_weights: Optional[str] = None  # FID Inception (pt_inception-2015-12-05) file; None: torch hub cache
     random_inception: bool = False  # tests only: same architecture, random weights (numbers not comparable)
+    inception_metrics: bool = True  # IS/FID/KID; false skips them and needs no Inception weights (offline quickstart)
     is_splits: int = 10
     kid_subsets: int = 100
     kid_subset_size: int = 1000
@@ -334,16 +338,37 @@ def config_from_dict(values: dict) -> Config:
     return _build(Config, values).validate()
 
 
+def merge_dicts(base: dict, patch: dict) -> dict:
+    """``base`` patched by ``patch``, nested mappings merged key by key (inputs unchanged)."""
+    merged = dict(base)
+    for key, value in patch.items():
+        merged[key] = merge_dicts(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def read_yaml_values(path: str | Path, _seen: tuple = ()) -> dict:
+    """A config file's values with its ``base:`` chain resolved: ``base`` names another config
+    (relative to this file) whose values this file's values patch, section by section."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (the base of {_seen[-1]})" if _seen else ""))
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'base' chain loops: {' -> '.join(str(p) for p in (*_seen, path.resolve()))}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a path to another config, got {base!r}")
+    return merge_dicts(read_yaml_values(path.parent / base, (*_seen, path.resolve())), values)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read ``path`` (YAML), apply dotted ``overrides`` and return the validated :class:`Config`."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+    """Read ``path`` (YAML, with its ``base:`` chain), apply dotted ``overrides`` and return the
+    validated :class:`Config`."""
+    values = read_yaml_values(path) if path is not None else {}
     return config_from_dict(apply_overrides(values, list(overrides or [])))
 
 

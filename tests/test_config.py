@@ -20,7 +20,7 @@ REAL_GEOMETRY = {"eeg_imagenet40.yaml": (128, 440, 1000.0, 40), "eeg_imagenet_su
                  "things_eeg2.yaml": (17, 100, 100.0, 1854)}
 
 
-@pytest.mark.parametrize("path", sorted(Path("configs").glob("*.yaml")))
+@pytest.mark.parametrize("path", sorted(Path("configs").rglob("*.yaml")))
 def test_shipped_configs_load_and_build_their_models(path):
     """Every shipped config is valid and its models can be built at its data geometry."""
     from eeg2im_scale.train.stages import Geometry, build_highlevel, build_lowlevel, build_unet
@@ -78,3 +78,21 @@ def test_dump_round_trips(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
+
+
+def test_base_config_is_patched_section_by_section(tmp_path):
+    (tmp_path / "parent.yaml").write_text("run_dir: runs/p\ndata: {batch_size: 3, image_size: 16}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../parent.yaml\ndata: {batch_size: 5}\n")
+    cfg = load_config(tmp_path / "sub" / "child.yaml", ["data.num_workers=1"])
+    assert (cfg.run_dir, cfg.data.batch_size, cfg.data.image_size, cfg.data.num_workers) == ("runs/p", 5, 16, 1)
+
+
+def test_base_config_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing.yaml \(the base of .*a.yaml\)"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ConfigError, match="'base' chain loops"):
+        load_config(tmp_path / "b.yaml")

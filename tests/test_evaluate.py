@@ -72,3 +72,16 @@ def test_two_processes_give_the_same_metrics_as_one(release, tmp_path):
         a, b = entry["value"], two["metrics"][name]["value"]
         a, b = (a["mean"], b["mean"]) if isinstance(a, dict) else (a, b)
         assert a == pytest.approx(b, rel=1e-3, abs=1e-4), name
+
+
+def test_evaluation_without_inception_metrics_needs_no_inception(release, tmp_path):
+    """eval.inception_metrics=false (the offline quickstart) skips IS/FID/KID and says so."""
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate", "--config", CONFIG, "--checkpoint", str(release / "run" / "model"),
+                     "--out", str(out), *overrides(release), "eval.inception_metrics=false",
+                     "eval.random_inception=false"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not {"inception_score", "fid", "kid"} & set(metrics["metrics"])
+    assert {"eeg_top1", "generated_n_way_top_k", "hue_error"} <= set(metrics["metrics"])
+    assert metrics["protocol"]["inception"].startswith("none")
+    assert metrics["protocol"]["generated_images"] == 2 * metrics["protocol"]["trials"]

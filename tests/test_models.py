@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torchvision.models import resnet50
 
-from eeg2im_scale.config import DiffusionConfig, HighLevelConfig, LowLevelConfig, TeacherConfig
+from eeg2im_scale.config import DiffusionConfig, HighLevelConfig, LowLevelConfig, TeacherConfig, load_config
 from eeg2im_scale.models import (BACKBONES, AttentionBackendError, FiLMUNet, HighLevelEncoder, ImageAutoencoder,
                                  LowLevelEncoder, WeightsNotFoundError, apply_attention_backend, build_backbone,
                                  build_teacher, diffusion_training_target, from_unit_range, guided_prediction,
@@ -304,3 +304,46 @@ def test_training_targets():
     assert torch.allclose(diffusion_training_target(v_scheduler, clean, noise, timesteps), expected, atol=1e-6)
     with pytest.raises(ValueError, match="ddim"):
         make_sampling_scheduler(DIFFUSION, "euler")
+
+
+def test_flip_and_shift_without_shift_is_one_of_the_four_flips():
+    from eeg2im_scale.models.teacher import flip_and_shift
+
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, 8, 8) * 2 - 1
+    out = flip_and_shift(images, max_shift=0.0)
+    variants = torch.stack([images, images.flip(-1), images.flip(-2), images.flip(-1, -2)])  # [4, B, ...]
+    matches = (out[None] - variants).abs().amax(dim=(2, 3, 4)) < 1e-5  # [4, B]
+    assert matches.any(0).all() and matches.any(1).all()  # every image is a flip; every flip occurs
+
+
+def test_flip_and_shift_translates_by_at_most_the_limit():
+    from eeg2im_scale.models.teacher import flip_and_shift
+
+    images = torch.zeros(32, 3, 16, 16)
+    images[:, :, 7:9, 7:9] = 1  # a centred 2x2 dot
+    out = flip_and_shift(images, max_shift=0.125)  # up to 2 pixels each way
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    mass = out[:, 0].sum(dim=(1, 2))
+    centre_y, centre_x = (out[:, 0] * ys).sum(dim=(1, 2)) / mass, (out[:, 0] * xs).sum(dim=(1, 2)) / mass
+    assert (centre_y - 7.5).abs().max() <= 2.01 and (centre_x - 7.5).abs().max() <= 2.01
+    assert (centre_y - 7.5).abs().max() > 0.5  # it does move
+
+
+@pytest.mark.parametrize("condition_on", ["multilevel", "highlevel", "lowlevel"])
+def test_condition_on_selects_the_features_that_reach_the_unet(condition_on):
+    from eeg2im_scale.train.stages import Geometry, build_highlevel, build_lowlevel, build_unet, condition
+
+    cfg = load_config("tests/configs/tiny_train.yaml", [f"model.diffusion.condition_on={condition_on}"])
+    info = {"channel_names": [f"E{i}" for i in range(cfg.synth.channels)], "time_points": cfg.synth.time_points,
+            "sfreq": cfg.synth.sfreq, "class_names": ["a", "b", "c"]}
+    geo = Geometry(cfg, info)
+    high, low, unet = build_highlevel(cfg, geo), build_lowlevel(cfg, geo)[1], build_unet(cfg, geo)
+    eeg = torch.randn(2, geo.n_chans, geo.n_times)
+    cond = condition(high.eval(), low.eval(), eeg, condition_on)
+    assert cond.shape == (2, unet.cond_dim)
+    high_part = high(eeg)["embedding"]
+    if condition_on != "lowlevel":
+        assert torch.allclose(cond[:, :high_part.shape[1]], high_part)
+    else:
+        assert torch.allclose(cond, low(eeg))

@@ -57,6 +57,9 @@ DEFINITIONS = {
 
 
 def _inception(cfg: Config, device: torch.device):
+    if not cfg.eval.inception_metrics:
+        log.info("eval.inception_metrics=false: IS, FID and KID are skipped")
+        return None
     if cfg.eval.random_inception:
         log.warning("eval.random_inception: FID/IS/KID use a RANDOMLY INITIALISED Inception (tests only); "
                     "the numbers are not comparable to published ones")
@@ -98,9 +101,7 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
     real_stats = FeatureStats.from_tensor(reduce(real_stats.to_tensor().to(device), "sum").cpu())
     fake_stats = FeatureStats.from_tensor(reduce(fake_stats.to_tensor().to(device), "sum").cpu())
     records = gather_object(records)
-    fake_logits = np.concatenate(gather_object([np.concatenate(fake_logits)] if fake_logits else []))
-    fake_features = np.concatenate(gather_object([np.concatenate(fake_features)] if fake_features else []))
-    real_features = np.concatenate(gather_object([np.concatenate(real_features)] if real_features else []))
+    fake_logits, fake_features, real_features = map(_gather_arrays, (fake_logits, fake_features, real_features))
     grid_items = gather_object(list(grid.items()))
     metrics = _summarise(cfg, pipeline, records, real_stats, fake_stats, fake_logits, fake_features, real_features,
                          sampler, steps, guidance)
@@ -114,6 +115,12 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
         log.info("evaluation written to %s", out)
     state.wait_for_everyone()
     return metrics
+
+
+def _gather_arrays(chunks: list[np.ndarray]) -> np.ndarray | None:
+    """This process's row blocks concatenated across processes (None where none were made)."""
+    gathered = gather_object([np.concatenate(chunks)] if chunks else [])
+    return np.concatenate(gathered) if gathered else None
 
 
 def _selected_keys(loader: EEGImageLoader, max_trials: int, grid_trials: int) -> tuple[set[str], set[str]]:
@@ -138,13 +145,14 @@ def _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, dev
     cond = pipeline.condition(eeg).repeat_interleave(n, dim=0)
     generators = _generators(batch["key"], n, e.seed, device)
     generated = from_unit_range(sample(pipeline.unet, cond, sampler, steps, guidance, real.shape[-1], generators))
-    real_feat, _ = extract(inception, real)
-    fake_feat, fake_logit = extract(inception, generated)
-    real_stats.update(real_feat)
-    fake_stats.update(fake_feat)
-    fake_logits.append(fake_logit.double().cpu().numpy())
-    fake_features.append(fake_feat.cpu().numpy())
-    real_features.append(real_feat.cpu().numpy())
+    if inception is not None:
+        real_feat, _ = extract(inception, real)
+        fake_feat, fake_logit = extract(inception, generated)
+        real_stats.update(real_feat)
+        fake_stats.update(fake_feat)
+        fake_logits.append(fake_logit.double().cpu().numpy())
+        fake_features.append(fake_feat.cpu().numpy())
+        real_features.append(real_feat.cpu().numpy())
     teacher_logits, _ = pipeline.teacher(generated)
     real_repeated = real.repeat_interleave(n, dim=0)
     pair = {
@@ -184,17 +192,17 @@ def _summarise(cfg, pipeline, records, real_stats, fake_stats, fake_logits, fake
     n_way = e.n_way or num_classes
     labels = torch.tensor([r["label"] for r in records for _ in range(e.images_per_trial)])
     teacher = torch.from_numpy(np.concatenate([r["teacher_logits"] for r in records]))
-    is_mean, is_std = inception_score(torch.from_numpy(fake_logits), splits=e.is_splits)
-    kid_mean, kid_std = kid(torch.from_numpy(fake_features), torch.from_numpy(real_features), subsets=e.kid_subsets,
-                            subset_size=e.kid_subset_size, seed=e.seed)
     values = {
         "eeg_top1": float(np.mean([r["eeg_top1"] for r in records])),
         "eeg_top5": float(np.mean([r["eeg_top5"] for r in records])),
-        "inception_score": {"mean": is_mean, "std": is_std},
-        "fid": fid_from_stats(real_stats, fake_stats),
-        "kid": {"mean": kid_mean, "std": kid_std},
         "generated_n_way_top_k": fidelity.n_way_topk_accuracy(teacher, labels, n_way, e.top_k, trials=10, seed=e.seed),
     }
+    if e.inception_metrics:
+        is_mean, is_std = inception_score(torch.from_numpy(fake_logits), splits=e.is_splits)
+        kid_mean, kid_std = kid(torch.from_numpy(fake_features), torch.from_numpy(real_features),
+                                subsets=e.kid_subsets, subset_size=e.kid_subset_size, seed=e.seed)
+        values.update({"inception_score": {"mean": is_mean, "std": is_std}, "fid": fid_from_stats(real_stats, fake_stats),
+                       "kid": {"mean": kid_mean, "std": kid_std}})
     for name in ("hist_intersection", "hue_emd", "ssim", "pixel_correlation", "hue_error", "saturation_error",
                  "brightness_error"):
         if records and name in records[0]:
@@ -203,14 +211,20 @@ def _summarise(cfg, pipeline, records, real_stats, fake_stats, fake_logits, fake
         "metrics": {name: {"value": value, "definition": DEFINITIONS.get(name, "")} for name, value in values.items()},
         "protocol": {
             "split": e.split, "split_by": cfg.data.split_by, "trials": len(records),
-            "images_per_trial": e.images_per_trial, "generated_images": len(fake_features),
+            "images_per_trial": e.images_per_trial, "generated_images": len(labels),
             "real_images": int(real_stats.count), "sampler": sampler, "sample_steps": steps,
-            "guidance_scale": guidance, "inception": "random (tests only)" if e.random_inception
-            else "FID Inception (TF 2015-12-05 weights)", "inception_input": "uint8 → 299×299 TF-compatible bilinear",
+            "guidance_scale": guidance, "inception": _inception_protocol(e),
+            "inception_input": "uint8 → 299×299 TF-compatible bilinear",
             "n_way": n_way, "top_k": e.top_k, "model_selection": "on the validation split only; test is reported once",
             "eval_config": asdict(e),
         },
     }
+
+
+def _inception_protocol(e) -> str:
+    if not e.inception_metrics:
+        return "none (eval.inception_metrics=false: no IS/FID/KID)"
+    return "random (tests only)" if e.random_inception else "FID Inception (TF 2015-12-05 weights)"
 
 
 def _write_per_subject(path: Path, records: list[dict]) -> None:

@@ -136,7 +136,7 @@ class EEG2IMPipeline:
     def condition(self, eeg: torch.Tensor) -> torch.Tensor:
         from ..train.stages import condition
 
-        return condition(self.highlevel, self.lowlevel, eeg)
+        return condition(self.highlevel, self.lowlevel, eeg, self.cfg.model.diffusion.condition_on)
 
     @torch.no_grad()
     def generate(self, eeg: np.ndarray, num_images: int = 4, guidance_scale: float | None = None,

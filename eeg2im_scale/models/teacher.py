@@ -107,6 +107,19 @@ class Teacher(nn.Module):
         return self.head(features), features
 
 
+def flip_and_shift(images: torch.Tensor, max_shift: float = 0.125) -> torch.Tensor:
+    """Random horizontal/vertical flips and translations of up to ``max_shift`` of the side, per
+    image, edges repeated: label-preserving augmentation for fine-tuning the teacher on a few
+    hundred images, which it would otherwise memorise rather than learn."""
+    n = images.shape[0]
+    signs = torch.randint(0, 2, (n, 2), device=images.device).to(images.dtype) * 2 - 1
+    shifts = (torch.rand(n, 2, device=images.device, dtype=images.dtype) * 2 - 1) * (2 * max_shift)
+    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = signs[:, 0], signs[:, 1], shifts
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def build_teacher(cfg: TeacherConfig, num_classes: int) -> Teacher:
     """A :class:`Teacher`, with ImageNet weights from disk when ``cfg.pretrained`` (see :func:`find_imagenet_weights`)."""
     teacher = Teacher(cfg, num_classes)

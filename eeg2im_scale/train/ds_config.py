@@ -5,16 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import ConfigError, StageConfig, TrainConfig
-
-
-def _merge(base: dict, patch: dict) -> dict:
-    for key, value in patch.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
+from ..config import ConfigError, StageConfig, TrainConfig, merge_dicts
 
 
 def _scheduler(train: TrainConfig, stage: StageConfig) -> dict:
@@ -58,7 +49,7 @@ def build_deepspeed_config(train: TrainConfig, stage: StageConfig, micro_batch: 
         path = Path(train.deepspeed_config)
         if not path.is_file():
             raise ConfigError(f"train.deepspeed_config: file not found: {path}")
-        _merge(config, json.loads(path.read_text()))
+        config = merge_dicts(config, json.loads(path.read_text()))
         expected = config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"] * world_size
         if config["train_batch_size"] != expected:
             raise ConfigError(f"{path}: train_batch_size {config['train_batch_size']} != micro batch × accumulation × "

@@ -23,7 +23,7 @@ from ..models.eeg_encoders import HighLevelEncoder, LowLevelEncoder
 from ..models.film_unet import FiLMUNet
 from ..models.losses import diffusion_loss, highlevel_loss, lowlevel_loss
 from ..models.sampling import diffusion_training_target, make_train_scheduler
-from ..models.teacher import Teacher, build_teacher
+from ..models.teacher import Teacher, build_teacher, flip_and_shift
 from .ema import EMA, ema_beta
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,9 @@ def build_lowlevel(cfg: Config, geo: Geometry) -> tuple[ImageAutoencoder, LowLev
 
 
 def build_unet(cfg: Config, geo: Geometry) -> FiLMUNet:
-    cond_dim = cfg.model.highlevel.embed_dim + cfg.model.lowlevel.latent_dim
+    widths = {"highlevel": cfg.model.highlevel.embed_dim, "lowlevel": cfg.model.lowlevel.latent_dim}
+    widths["multilevel"] = widths["highlevel"] + widths["lowlevel"]
+    cond_dim = widths[cfg.model.diffusion.condition_on]
     return FiLMUNet(cfg.model.diffusion, geo.image_size, cond_dim, cfg.model.attention)
 
 
@@ -97,9 +99,15 @@ def frozen(module: nn.Module, device: torch.device) -> nn.Module:
     return module.to(device)
 
 
-def condition(high: HighLevelEncoder, low: LowLevelEncoder, eeg: torch.Tensor) -> torch.Tensor:
-    """The FiLM conditioning vector: [high-level embedding, low-level latent] of the EEG."""
+def condition(high: HighLevelEncoder, low: LowLevelEncoder, eeg: torch.Tensor,
+              condition_on: str = "multilevel") -> torch.Tensor:
+    """The FiLM conditioning vector: [high-level embedding, low-level latent] of the EEG, or one of
+    them alone (``model.diffusion.condition_on``, for the ablation)."""
     eeg = eeg.float()
+    if condition_on == "highlevel":
+        return high(eeg)["embedding"]
+    if condition_on == "lowlevel":
+        return low(eeg)
     return torch.cat([high(eeg)["embedding"], low(eeg)], dim=1)
 
 
@@ -121,12 +129,15 @@ class StageModule(nn.Module):
 class TeacherModule(StageModule):
     """Fine-tunes ResNet50 on the training images so its logits cover the dataset's classes."""
 
-    def __init__(self, teacher: nn.Module, dtype: torch.dtype):
+    def __init__(self, teacher: nn.Module, augment: bool, dtype: torch.dtype):
         super().__init__(dtype)
-        self.teacher = teacher
+        self.teacher, self.augment = teacher, augment
 
     def forward(self, batch: dict):
-        logits, _ = self.teacher(_images(batch, self.dtype))
+        images = _images(batch, self.dtype)
+        if self.augment and self.training:
+            images = flip_and_shift(images)
+        logits, _ = self.teacher(images)
         loss = F.cross_entropy(logits.float(), batch["label"])
         accuracy = (logits.argmax(1) == batch["label"]).float().mean()
         return loss, {"ce": loss.detach(), "accuracy": accuracy}
@@ -175,11 +186,12 @@ class DiffusionModule(StageModule):
         super().__init__(dtype)
         self.unet = unet
         self._encoders = [high, low]
+        self.condition_on = cfg.model.diffusion.condition_on
         self.scheduler = make_train_scheduler(cfg.model.diffusion)
 
     def frozen_forward(self, batch: dict) -> torch.Tensor:
         with torch.no_grad():
-            return condition(*self._encoders, batch["eeg"]).to(self.dtype)
+            return condition(*self._encoders, batch["eeg"], self.condition_on).to(self.dtype)
 
     def forward(self, batch: dict):
         dtype = self.dtype
@@ -254,7 +266,7 @@ def build_stage(name: str, cfg: Config, device: torch.device, dtype: torch.dtype
         raise FileNotFoundError(f"stage {name} needs {', '.join(str(stage_weights(cfg, m)) for m in missing)}; "
                                 f"train those stages first (train.stage={missing[0]} or train.stage=all)")
     if name == "teacher":
-        return Stage(name, TeacherModule(build_teacher_model(cfg, geo), dtype))
+        return Stage(name, TeacherModule(build_teacher_model(cfg, geo), cfg.model.teacher.augment, dtype))
     if name == "lowlevel":
         return Stage(name, LowLevelModule(*build_lowlevel(cfg, geo), cfg, dtype))
     if name == "highlevel":
