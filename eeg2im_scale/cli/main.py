@@ -62,6 +62,68 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def _convert_parser(sub) -> None:
+    parser = sub.add_parser("convert", help="convert a published EEG/image release to shards + manifest "
+                                            "(docs/converters.md)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="output corpus directory")
+    common.add_argument("--overwrite", action="store_true", help="replace an existing corpus in --out")
+    common.add_argument("--workers", type=int, default=1, help="processes writing shards")
+    common.add_argument("--samples-per-shard", type=int, default=256)
+    common.add_argument("--image-size", type=int, default=None,
+                        help="resize images to SIZE x SIZE when writing (default: keep the originals)")
+    common.add_argument("--image-format", choices=["jpg", "png"], default="jpg",
+                        help="stored format; original files already in it pass through untouched unless resized")
+    common.add_argument("--classes", type=lambda s: [c.strip() for c in s.split(",") if c.strip()], default=None,
+                        help="comma-separated class names to keep, relabelled 0..k-1 in this order")
+    common.add_argument("--seed", type=int, default=0,
+                        help="seed of the image/subject/block splits (and of THINGS-EEG2's val concepts)")
+    common.add_argument("--split-fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.8, 0.1, 0.1],
+                        help="train,val,test fractions of the image/subject/block schemes (default 0.8,0.1,0.1)")
+    kinds = parser.add_subparsers(dest="converter", required=True)
+    imagenet = kinds.add_parser("eeg-imagenet", parents=[common], help="Spampinato et al. 2017 (.pth release)")
+    imagenet.add_argument("--eeg", required=True, help="release file, e.g. eeg_5_95_std.pth")
+    imagenet.add_argument("--splits", required=True, help="splits file, e.g. block_splits_by_image_all.pth")
+    imagenet.add_argument("--images", required=True, help="ImageNet images: DIR/<wnid>/<name>.JPEG or DIR/<name>.JPEG")
+    imagenet.add_argument("--split-index", type=int, default=0, help="which of the release's splits (default 0)")
+    imagenet.add_argument("--window", default="20:460", help="samples START:STOP kept (default 20:460)")
+    things = kinds.add_parser("things-eeg2", parents=[common], help="Gifford et al. 2022 (preprocessed release)")
+    things.add_argument("--eeg-dir", required=True, help="folder of sub-XX/preprocessed_eeg_{training,test}.npy")
+    things.add_argument("--images", required=True, help="image set folder: training_images/, test_images/")
+    things.add_argument("--average-repetitions", action="store_true", help="one sample per (subject, image)")
+    things.add_argument("--allow-pickle", action="store_true",
+                        help="load the release's pickled .npy dicts (unpickling can execute code: trusted files only)")
+    things.add_argument("--val-fraction", type=float, default=0.01,
+                        help="fraction of training concepts put in the release split's val (default 0.01)")
+    arrays = kinds.add_parser("arrays", parents=[common], help="an [N, C, T] .npy/.npz plus a CSV/Parquet table")
+    arrays.add_argument("--eeg", required=True, help=".npy [N, C, T] or .npz with key eeg (+ ch_names, sfreq)")
+    arrays.add_argument("--table", required=True, help=".csv/.parquet: image, label, subject[, block, session, split]")
+    arrays.add_argument("--images", required=True, help="folder the table's image paths are relative to")
+    arrays.add_argument("--sfreq", type=float, default=None, help="sampling rate, when the array carries none")
+    arrays.add_argument("--channels", type=lambda s: s.split(","), default=None, help="comma-separated channel names")
+
+
+def cmd_convert(args) -> int:
+    from ..data import convert
+
+    opts = convert.ConvertOptions(out=args.out, overwrite=args.overwrite, workers=args.workers,
+                                  samples_per_shard=args.samples_per_shard, image_size=args.image_size,
+                                  image_format=args.image_format, classes=args.classes, seed=args.seed,
+                                  split_fractions=args.split_fractions)
+    if args.converter == "eeg-imagenet":
+        manifest = convert.convert_eeg_imagenet(args.eeg, args.splits, args.images, opts, split_index=args.split_index,
+                                                window=convert.parse_window(args.window))
+    elif args.converter == "things-eeg2":
+        manifest = convert.convert_things_eeg2(args.eeg_dir, args.images, opts, allow_pickle=args.allow_pickle,
+                                               average_repetitions=args.average_repetitions,
+                                               val_fraction=args.val_fraction)
+    else:
+        manifest = convert.convert_arrays(args.eeg, args.table, args.images, opts, sfreq=args.sfreq,
+                                          channels=args.channels)
+    print(convert.summary(manifest.parent))
+    return 0
+
+
 def cmd_stream(args) -> int:
     """Stream one epoch of a split through the loader and print its throughput."""
     from ..data.corpus import ensure_corpus_on_rank
@@ -135,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _synth_parser(sub)
+    _convert_parser(sub)
     stream = sub.add_parser("stream", help="stream one epoch of a split and print throughput")
     _add_config_args(stream)
     stream.add_argument("--split", default="train", choices=["train", "val", "test"])
@@ -173,7 +236,7 @@ def _cuda() -> bool:
 
 
 COMMANDS = {"synth": cmd_synth, "stream": cmd_stream, "train": cmd_train, "generate": cmd_generate,
-            "preview": cmd_preview, "evaluate": cmd_evaluate}
+            "preview": cmd_preview, "evaluate": cmd_evaluate, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:
