@@ -4,6 +4,10 @@ VENV   ?= .venv
 # ranks for the quickstart: one per GPU, or 2 CPU ranks (gloo) without one
 NPROC  ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0 ] && echo $$n || echo 2)
 BIN    := $(VENV)/bin
+# the quickstart: the embedded synthetic default, end to end
+QS_CONFIG ?= configs/synthetic_tiny.yaml
+# accelerate needs --cpu where there is no GPU
+ACCEL_DEVICE := $(shell nvidia-smi -L >/dev/null 2>&1 || echo --cpu)
 STAMP  := $(VENV)/.installed
 
 .PHONY: install quickstart test clean
@@ -18,8 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 quickstart: install
-	$(BIN)/eeg2im stream --config configs/synthetic_tiny.yaml
-	$(BIN)/deepspeed --num_gpus $(NPROC) launchers/train.py --config configs/synthetic_tiny.yaml
+	$(BIN)/eeg2im stream --config $(QS_CONFIG)
+	$(BIN)/deepspeed --num_gpus $(NPROC) launchers/train.py --config $(QS_CONFIG)
+	$(BIN)/accelerate launch $(ACCEL_DEVICE) --num_processes $(NPROC) --num_machines 1 --mixed_precision no \
+	    --dynamo_backend no launchers/evaluate.py --config $(QS_CONFIG)
+	$(BIN)/eeg2im report --config $(QS_CONFIG)
 
 test: install
 	$(BIN)/python -m pytest

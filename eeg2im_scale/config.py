@@ -112,7 +112,9 @@ class DiffusionConfig:
     layers_per_block: int = 2
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # what the UNet predicts: the noise, the velocity, or the clean image ("sample": smooth images early in
+    # training, so a CPU-minutes run already shows shapes and colours; epsilon/v for full-scale runs)
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     # which EEG features condition the UNet: both (the paper's multi-level design) or one alone (ablation)
     condition_on: Literal["multilevel", "highlevel", "lowlevel"] = "multilevel"
     cond_dropout: float = 0.1  # probability of the null condition in training (classifier-free guidance)

@@ -302,8 +302,33 @@ def test_training_targets():
     alpha_bar = v_scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
     expected = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * clean
     assert torch.allclose(diffusion_training_target(v_scheduler, clean, noise, timesteps), expected, atol=1e-6)
+    x0_scheduler = make_train_scheduler(DiffusionConfig(num_train_timesteps=100, prediction_type="sample"))
+    assert torch.equal(diffusion_training_target(x0_scheduler, clean, noise, timesteps), clean)
     with pytest.raises(ValueError, match="ddim"):
         make_sampling_scheduler(DIFFUSION, "euler")
+
+
+class OracleUNet:
+    """Predicts the exact training target for a known clean image: sampling must return that image."""
+
+    def __init__(self, cfg: DiffusionConfig, clean: torch.Tensor):
+        self.cfg, self.clean = cfg, clean
+        self.alpha_bar = make_train_scheduler(cfg).alphas_cumprod
+
+    def __call__(self, noisy, timestep, cond, drop_mask=None):
+        a = self.alpha_bar[int(timestep)]
+        noise = (noisy - a.sqrt() * self.clean) / (1 - a).sqrt()
+        return {"epsilon": noise, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * self.clean,
+                "sample": self.clean}[self.cfg.prediction_type]
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_sampling_with_an_oracle_recovers_the_clean_image(prediction_type, sampler):
+    cfg = DiffusionConfig(num_train_timesteps=1000, prediction_type=prediction_type)
+    clean = torch.rand(2, 3, 8, 8) * 1.6 - 0.8
+    out = sample(OracleUNet(cfg, clean), torch.zeros(2, 4), sampler, 10, 1.0, 8, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, clean, atol=1e-3)
 
 
 def test_flip_and_shift_without_shift_is_one_of_the_four_flips():

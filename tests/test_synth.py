@@ -241,3 +241,15 @@ def test_recorded_position_is_the_object_centroid():
         rows, cols = np.nonzero(hsv_pixels(image)[..., 1] > 0.3)
         assert abs((cols.mean() + 0.5) / 64 - attributes["x"]) < 1.5 / 64, image_id
         assert abs((rows.mean() + 0.5) / 64 - attributes["y"]) < 1.5 / 64, image_id
+
+
+def test_a_corpus_written_with_other_synth_settings_is_not_silently_reused(tmp_path):
+    from eeg2im_scale.config import ConfigError, load_config
+    from eeg2im_scale.data.corpus import ensure_corpus
+
+    overrides = [f"data.root={tmp_path / 'corpus'}", "synth.num_samples=40", "synth.samples_per_shard=20",
+                 "synth.channels=8", "synth.time_points=64", "synth.image_size=16", "synth.workers=1"]
+    manifest = ensure_corpus(load_config("configs/synthetic_tiny.yaml", overrides))
+    assert ensure_corpus(load_config("configs/synthetic_tiny.yaml", [*overrides, "synth.workers=2"])) == manifest
+    with pytest.raises(ConfigError, match=r"synth.class_snr: 2.5 on disk vs 0.5.*delete"):
+        ensure_corpus(load_config("configs/synthetic_tiny.yaml", [*overrides, "synth.class_snr=0.5"]))

@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 
 from ..config import ConfigError, SynthConfig, dump_config, load_config, to_dict
+from ..eval.report import add_arguments as report_args
+from ..eval.report import cmd_report
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -180,7 +182,8 @@ def cmd_evaluate(args) -> int:
     from ..eval.evaluator import evaluate
 
     cfg = args.cfg
-    metrics = evaluate(cfg, args.checkpoint, args.out)
+    run_dir = Path(cfg.run_dir)
+    metrics = evaluate(cfg, args.checkpoint or run_dir / "model", args.out or run_dir / "eval")
     print(json.dumps({k: v["value"] for k, v in metrics["metrics"].items()}))
     return 0
 
@@ -198,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _synth_parser(sub)
     _convert_parser(sub)
+    report_args(sub.add_parser("report", help="self-contained HTML report of a run (RUN_DIR/report.html)"))
     stream = sub.add_parser("stream", help="stream one epoch of a split and print throughput")
     _add_config_args(stream)
     stream.add_argument("--split", default="train", choices=["train", "val", "test"])
@@ -208,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="accuracy, IS, FID, KID and fine-grained fidelity of a released "
                                                "model (several processes: accelerate launch launchers/evaluate.py)")
     _add_config_args(evaluate)
-    evaluate.add_argument("--checkpoint", required=True, help="release directory (RUN_DIR/model)")
-    evaluate.add_argument("--out", default=None, help="where metrics.json, per_subject.csv, grid.png go "
-                                                     "(default: the release's run directory)")
+    evaluate.add_argument("--checkpoint", default=None, help="release directory (default: RUN_DIR/model of the config)")
+    evaluate.add_argument("--out", default=None, help="where metrics.json, per_subject.csv and grid.png go "
+                                                      "(default: RUN_DIR/eval)")
     preview = sub.add_parser("preview", help="PNG of one stimulus per class with its EEG")
     preview.add_argument("--root", required=True, help="corpus directory (manifest.parquet + shards/)")
     preview.add_argument("--out", required=True, help="output PNG")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -9,8 +10,8 @@ from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
-from ..config import Config, SynthConfig
-from .manifest import MANIFEST
+from ..config import Config, ConfigError, SynthConfig
+from .manifest import MANIFEST, Manifest
 from .synth import SyntheticCorpus
 from .writer import CorpusInfo, RawSample, write_corpus
 
@@ -58,11 +59,26 @@ def ensure_corpus(cfg: Config) -> Path:
     ``data.synthesize`` allows it."""
     manifest = Path(cfg.data.root) / MANIFEST
     if manifest.is_file():
+        if cfg.data.synthesize:
+            _check_synth_settings(cfg, manifest)
         return manifest
     if not cfg.data.synthesize:
         raise FileNotFoundError(f"no corpus at {cfg.data.root} ({manifest} missing) and data.synthesize is false")
     log.info("synthesizing %d samples into %s", cfg.synth.num_samples, cfg.data.root)
     return write_synthetic(cfg.synth, cfg.data.root)
+
+
+def _check_synth_settings(cfg: Config, manifest: Path) -> None:
+    """A synthetic corpus written with other ``synth`` settings is not silently reused."""
+    written = Manifest(manifest.parent).info.get("extra", {}).get("synth")
+    if written is None:
+        return  # not a synthetic corpus: data.root names the user's data
+    wanted = json.loads(json.dumps(asdict(cfg.synth)))  # tuples as lists, as stored
+    changed = sorted(k for k in wanted if written.get(k) != wanted[k] and k != "workers")
+    if changed:
+        details = ", ".join(f"synth.{k}: {written.get(k)!r} on disk vs {wanted[k]!r}" for k in changed)
+        raise ConfigError(f"{manifest.parent} holds a synthetic corpus written with other settings ({details}); "
+                         f"set data.root to a new directory, or delete {manifest.parent} to re-synthesize")
 
 
 def ensure_corpus_on_rank(cfg: Config, rank: int, timeout_s: float = 24 * 3600) -> Path:

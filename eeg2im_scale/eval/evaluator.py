@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object, reduce
+from tqdm import tqdm
 
 from ..config import Config
 from ..data.loader import EEGImageLoader
@@ -75,7 +76,7 @@ def _generators(keys: list[str], per_trial: int, seed: int, device: torch.device
 
 def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = None) -> dict:
     """Evaluate ``model_dir`` on ``cfg.eval.split``; the main process writes metrics.json,
-    per_subject.csv and grid.png into ``out_dir`` (default: the model's run directory) and every
+    per_subject.csv and grid.png into ``out_dir`` (default: ``eval/`` in the model's run directory) and every
     process returns the metrics."""
     state = PartialState()
     device = state.device
@@ -90,7 +91,7 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
     real_stats, fake_stats = FeatureStats(), FeatureStats()
     records, fake_logits, fake_features, real_features, grid = [], [], [], [], {}
     with torch.no_grad():
-        for batch in loader:
+        for batch in tqdm(loader, desc="evaluating", unit="batch", disable=None if state.is_main_process else True):
             keep = [i for i, k in enumerate(batch["key"]) if k in selected]
             if not keep:
                 continue
@@ -106,7 +107,7 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
     metrics = _summarise(cfg, pipeline, records, real_stats, fake_stats, fake_logits, fake_features, real_features,
                          sampler, steps, guidance)
     if state.is_main_process:
-        out = Path(out_dir) if out_dir else Path(model_dir).parent
+        out = Path(out_dir) if out_dir else Path(model_dir).parent / "eval"
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _write_per_subject(out / "per_subject.csv", records)

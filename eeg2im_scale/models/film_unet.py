@@ -22,7 +22,7 @@ from eeg2im_scale.models.attention import apply_attention_backend, select_attent
 
 
 class FiLMUNet(nn.Module):
-    """``forward(noisy, timesteps, cond, drop_mask) → prediction`` (epsilon or v, per ``cfg.prediction_type``).
+    """``forward(noisy, timesteps, cond, drop_mask) → prediction`` (noise, velocity or clean image, per ``cfg.prediction_type``).
 
     ``null_condition`` is the learned "no EEG" vector used for classifier-free guidance: rows of
     ``cond`` selected by ``drop_mask`` are replaced by it before projection.

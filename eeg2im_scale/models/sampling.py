@@ -37,13 +37,16 @@ def make_sampling_scheduler(cfg: DiffusionConfig, name: str) -> DDIMScheduler | 
 
 def diffusion_training_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor,
                               timesteps: torch.Tensor) -> torch.Tensor:
-    """What the UNet regresses at ``timesteps``: the noise (epsilon) or the velocity v = √ᾱ·ε − √(1−ᾱ)·x₀."""
+    """What the UNet regresses at ``timesteps``: the noise (epsilon), the velocity v = √ᾱ·ε − √(1−ᾱ)·x₀,
+    or the clean image x₀ (sample)."""
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         return noise
     if kind == "v_prediction":
         return scheduler.get_velocity(clean, noise, timesteps)
-    raise ValueError(f"unsupported prediction_type {kind!r}; use epsilon or v_prediction")
+    if kind == "sample":
+        return clean
+    raise ValueError(f"unsupported prediction_type {kind!r}; use epsilon, v_prediction or sample")
 
 
 def guided_prediction(unet: FiLMUNet, noisy: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor,

@@ -16,6 +16,7 @@ from pathlib import Path
 import deepspeed
 import torch
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from ..config import Config
 from ..data.loader import EEGImageLoader
@@ -97,6 +98,9 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
     window = _new_window()
     batches = _epochs(loader)
     halt_at = step + cfg.train.halt_after if cfg.train.halt_after else None
+    # rank 0 only; `disable=None` also hides it when output is not a terminal (logs, CI)
+    progress = tqdm(total=stage_cfg.steps, initial=step, desc=f"stage {name}", unit="step",
+                    disable=None if dist.is_main else True)
     engine.train()
     while step < stage_cfg.steps and step != halt_at:
         tick = time.perf_counter()
@@ -115,6 +119,7 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
         if engine.global_steps == step:
             continue  # inside a gradient-accumulation cycle
         step = engine.global_steps
+        progress.update(1)
         stage.after_step(images_per_step)
         if step % cfg.train.log_every == 0 or step == stage_cfg.steps:
             _log_window(metrics, step, window, engine, flops_per_sample, dist, loader)
@@ -123,6 +128,7 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
             tag = checkpoint.save(engine, ckpt_dir, step, dist.rank, {"loader": loader.state_dict()},
                                   cfg.train.keep_checkpoints)
             stage.save_extra_state(ckpt_dir / tag, dist.is_main)
+    progress.close()
     metrics.close()
     if step < stage_cfg.steps:
         log.info("stage %s halted at step %d of %d (train.halt_after); continue with --resume", name, step,
