@@ -101,6 +101,8 @@ class LowLevelConfig:
     align_loss: Literal["mse", "cosine"] = "mse"
     contrastive_weight: float = 0.0  # optional InfoNCE between EEG and image latents
     contrastive_temperature: float = 0.1
+    colour_layout_weight: float = 0.0  # EEG latent -> (linear) mean colour of each cell of a grid over the image
+    colour_layout_size: int = 4  # that grid's side
 
 
 @dataclass

@@ -74,3 +74,8 @@ def test_readme_benchmark_tables_are_rendered_from_the_json_results():
     """The README's figures come from benchmarks/results/*.json, never typed by hand."""
     result = run(sys.executable, "benchmarks/render_readme.py", "--check", check=False)
     assert result.returncode == 0, "README.md is stale: run python benchmarks/render_readme.py"
+
+
+def test_report_command_is_wired_and_explains_a_missing_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "no_such_run")]) == 2
+    assert "no_such_run" in capsys.readouterr().err

@@ -39,7 +39,7 @@ def test_single_process_evaluation_writes_metrics_table_and_grid(release, tmp_pa
                      "--out", str(out), *overrides(release)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     values = {k: v["value"] for k, v in metrics["metrics"].items()}
-    for name in ("eeg_top1", "eeg_top5", "inception_score", "fid", "kid", "generated_n_way_top_k",
+    for name in ("eeg_top1", "eeg_top5", "inception_score", "fid", "kid", "generated_n_way_top_k", "real_n_way_top_k",
                  "hist_intersection", "hue_emd", "ssim", "pixel_correlation", "hue_error", "brightness_error"):
         assert name in values and metrics["metrics"][name]["definition"], name
     test_trials = 20  # tiny_train.yaml's test split under the image scheme

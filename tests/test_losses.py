@@ -139,3 +139,18 @@ def test_lowlevel_loss_is_the_weighted_sum_with_a_detached_alignment_target():
     assert total.item() == pytest.approx(info_nce(eeg_latent, image_latent, 0.1).item())
     total.backward()
     assert image_latent.grad.abs().sum() > 0  # the contrastive term trains both encoders
+
+
+def test_colour_layout_term_matches_cell_means_computed_by_hand():
+    from eeg2im_scale.models.losses import colour_layout
+
+    images = torch.randint(0, 256, (B, 3, 8, 8), dtype=torch.uint8)
+    unit = to_unit_range(images).double().numpy()
+    expected = unit.reshape(B, 3, 2, 4, 2, 4).mean(axis=(3, 5)).reshape(B, -1)  # 2x2 grid of 4x4-pixel cells
+    assert np.allclose(colour_layout(to_unit_range(images).double(), 2).numpy(), expected)
+    prediction = tensors(B, 12, seed=22, requires_grad=True)
+    cfg = LowLevelConfig(recon_weight=0.0, align_weight=0.0, colour_layout_weight=3.0, colour_layout_size=2)
+    total, terms = lowlevel_loss(tensors(B, 3, 8, 8, seed=23), images, tensors(B, D, seed=24),
+                                 tensors(B, D, seed=25), cfg, prediction)
+    assert set(terms) == {"colour_layout"}
+    assert total.item() == pytest.approx(3.0 * np.mean((prediction.detach().numpy() - expected) ** 2))

@@ -240,7 +240,7 @@ def _cuda() -> bool:
 
 
 COMMANDS = {"synth": cmd_synth, "stream": cmd_stream, "train": cmd_train, "generate": cmd_generate,
-            "preview": cmd_preview, "evaluate": cmd_evaluate, "convert": cmd_convert}
+            "preview": cmd_preview, "evaluate": cmd_evaluate, "convert": cmd_convert, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,8 @@ DEFINITIONS = {
     "generated_n_way_top_k": "generated images classified by the fine-tuned teacher: for each image, the true class "
                              "and n−1 random other classes are drawn; a hit when the true class is among the top-k of "
                              "those n logits; averaged over draws",
+    "real_n_way_top_k": "the same n-way top-k judgement applied to the true images of the trials: the ceiling "
+                        "for generated_n_way_top_k (a teacher near chance here makes that figure meaningless)",
     "hist_intersection": "mean HSV-histogram intersection between each generated image and its true image (1 = same colours)",
     "hue_emd": "mean circular earth mover's distance between saturation-weighted hue histograms (0 = same hues)",
     "ssim": "mean SSIM (Gaussian 11×11, σ 1.5) between each generated image and its true image",
@@ -155,6 +157,7 @@ def _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, dev
         fake_features.append(fake_feat.cpu().numpy())
         real_features.append(real_feat.cpu().numpy())
     teacher_logits, _ = pipeline.teacher(generated)
+    real_teacher_logits, _ = pipeline.teacher(real)
     real_repeated = real.repeat_interleave(n, dim=0)
     pair = {
         "hist_intersection": fidelity.histogram_intersection(fidelity.hsv_histograms(generated),
@@ -178,6 +181,7 @@ def _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, dev
             "key": key, "subject": int(batch["subject"][i]), "label": label,
             "eeg_top1": bool(top5[i, 0] == label), "eeg_top5": bool((top5[i] == label).any()),
             "teacher_logits": teacher_logits[rows].double().cpu().numpy(),
+            "real_teacher_logits": real_teacher_logits[i:i + 1].double().cpu().numpy(),
             **{name: [float(v) for v in values[rows]] for name, values in pair.items()},
         })
         if key in grid_keys:
@@ -193,10 +197,14 @@ def _summarise(cfg, pipeline, records, real_stats, fake_stats, fake_logits, fake
     n_way = e.n_way or num_classes
     labels = torch.tensor([r["label"] for r in records for _ in range(e.images_per_trial)])
     teacher = torch.from_numpy(np.concatenate([r["teacher_logits"] for r in records]))
+    real_teacher = torch.from_numpy(np.concatenate([r["real_teacher_logits"] for r in records]))
+    real_labels = torch.tensor([r["label"] for r in records])
     values = {
         "eeg_top1": float(np.mean([r["eeg_top1"] for r in records])),
         "eeg_top5": float(np.mean([r["eeg_top5"] for r in records])),
         "generated_n_way_top_k": fidelity.n_way_topk_accuracy(teacher, labels, n_way, e.top_k, trials=10, seed=e.seed),
+        "real_n_way_top_k": fidelity.n_way_topk_accuracy(real_teacher, real_labels, n_way, e.top_k, trials=10,
+                                                         seed=e.seed),
     }
     if e.inception_metrics:
         is_mean, is_std = inception_score(torch.from_numpy(fake_logits), splits=e.is_splits)

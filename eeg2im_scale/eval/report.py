@@ -43,6 +43,9 @@ SUMMARY = [
         ("generated_n_way_top_k", "{n_way}-way top-{top_k} accuracy",
          ("the fine-tuned image teacher ranks the true class in its top {top_k} of {n_way} candidates "
           "(the true one and random others); chance is {top_k}/{n_way}")),
+        ("real_n_way_top_k", "same judgement on the true images",
+         "the teacher's score on the real images: the ceiling for the line above; near chance, the line above "
+         "means nothing"),
     ]),
     ("Colour fidelity (generated vs true image)", [
         ("hue_error", "hue error", "dominant hue of the image vs the recorded hue, 0–0.5; lower is better"),

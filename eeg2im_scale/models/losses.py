@@ -98,15 +98,26 @@ def highlevel_loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, teach
     return _weighted_sum(terms)
 
 
+def colour_layout(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The image's colour layout: its mean colour in each cell of a ``size`` × ``size`` grid,
+    flattened [B, 3·size²]; ``images`` in [-1, 1]."""
+    return F.adaptive_avg_pool2d(images, size).flatten(1)
+
+
 def lowlevel_loss(recon: torch.Tensor, images: torch.Tensor, eeg_latent: torch.Tensor, image_latent: torch.Tensor,
-                  cfg: LowLevelConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """recon_weight·MSE(recon, images) + align_weight·alignment + contrastive_weight·InfoNCE.
+                  cfg: LowLevelConfig, layout_prediction: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """recon_weight·MSE(recon, images) + align_weight·alignment + contrastive_weight·InfoNCE
+    + colour_layout_weight·MSE(layout_prediction, colour layout of the images).
 
     ``images`` are uint8 or already in [-1, 1]. The alignment target (the image latent) is
     detached: the autoencoder's latent is shaped by reconstruction alone and the EEG chases it —
     otherwise MSE alignment would pay the autoencoder to shrink its latent towards the EEG. The
     InfoNCE term is symmetric and trains both encoders, as its negatives prevent that collapse.
-    Returns (total, {"recon", "align", "contrastive"}) — terms with weight 0 are skipped.
+    The colour-layout term (``layout_prediction`` read from the EEG latent by a linear head)
+    names the low-level attributes outright: the autoencoder's latent mixes colour with shape
+    and position, and matching it alone leaves colour the weakest part of the EEG latent.
+    Returns (total, {"recon", "align", "contrastive", "colour_layout"}) — terms with weight 0 are skipped.
     """
     if images.dtype == torch.uint8:
         images = to_unit_range(images).to(recon.dtype)
@@ -117,6 +128,9 @@ def lowlevel_loss(recon: torch.Tensor, images: torch.Tensor, eeg_latent: torch.T
         terms["align"] = (cfg.align_weight, alignment_loss(eeg_latent, image_latent.detach(), cfg.align_loss))
     if cfg.contrastive_weight:
         terms["contrastive"] = (cfg.contrastive_weight, info_nce(eeg_latent, image_latent, cfg.contrastive_temperature))
+    if cfg.colour_layout_weight:
+        target = colour_layout(images, cfg.colour_layout_size)
+        terms["colour_layout"] = (cfg.colour_layout_weight, F.mse_loss(layout_prediction, target))
     if not terms:
         raise ValueError("all model.lowlevel loss weights are 0: nothing to train")
     return _weighted_sum(terms)

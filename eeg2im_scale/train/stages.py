@@ -149,12 +149,15 @@ class LowLevelModule(StageModule):
     def __init__(self, autoencoder: ImageAutoencoder, encoder: LowLevelEncoder, cfg: Config, dtype: torch.dtype):
         super().__init__(dtype)
         self.autoencoder, self.encoder, self.cfg = autoencoder, encoder, cfg.model.lowlevel
+        low = cfg.model.lowlevel  # a training-only head: the release keeps the encoder alone
+        self.layout_head = nn.Linear(low.latent_dim, 3 * low.colour_layout_size ** 2) if low.colour_layout_weight else None
 
     def forward(self, batch: dict):
         images = _images(batch, self.dtype)
         recon, image_latent = self.autoencoder(images)
         eeg_latent = self.encoder(batch["eeg"])
-        return lowlevel_loss(recon.float(), images.float(), eeg_latent.float(), image_latent.float(), self.cfg)
+        layout = self.layout_head(eeg_latent).float() if self.layout_head is not None else None
+        return lowlevel_loss(recon.float(), images.float(), eeg_latent.float(), image_latent.float(), self.cfg, layout)
 
 
 class HighLevelModule(StageModule):
