@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -97,17 +98,248 @@ def eval_section(data: dict) -> list[str]:
                       f"{one['load_average_1min_before']}); it is not a scaling figure.", ""]
 
 
+ENGINE_LABELS = {"plain": "plain PyTorch", "ddp": "DDP", "zero0": "ZeRO-0", "zero1": "ZeRO-1", "zero2": "ZeRO-2",
+                 "zero3": "ZeRO-3"}
+ATTENTION_LABELS = {"naive": "naive bmm-softmax-bmm", "xformers": "xformers", "sdpa": "SDPA"}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _order(key: str, order: list[str]) -> tuple[int, str]:
+    return (order.index(key) if key in order else len(order), key)
+
+
+def _gpu_config(row: dict) -> tuple:
+    return row["image_size"], row["engine"], bool(row["compile"]), row["attention"]
+
+
+def _gpu_label(config: tuple) -> str:
+    _, engine, compiled, attention = config
+    return (f"{ENGINE_LABELS.get(engine, engine)}, {ATTENTION_LABELS.get(attention, attention)}, "
+            + ("torch.compile" if compiled else "eager"))
+
+
+def _gpu_reason(row: dict) -> str:
+    """A short reason for a row without numbers ('out of memory at batch 64, 32, 16, 8')."""
+    error = str(row.get("error") or row.get("status"))
+    if error.startswith("OutOfMemoryError"):
+        tried = list(row.get("oom_at_batch") or [])
+        tried.append(tried[-1] // 2 if tried else row["batch_size"])  # the batch whose failure is the recorded error
+        return "out of memory at batch " + ", ".join(str(b) for b in tried)
+    if row.get("status") == "skipped":
+        return "not measured: " + error
+    first = error.splitlines()[0] if error else "failed"
+    return first if len(first) <= 100 else first[:97] + "..."
+
+
+def _gpu_configurations(results: list[dict]) -> dict:
+    """Configuration -> {'ok': rows with numbers, 'failed': rows without}; a configuration measured at a
+    fallback batch (after an OOM) stays one configuration (its batch is shown)."""
+    configs: dict = {}
+    for row in results:
+        entry = configs.setdefault(_gpu_config(row), {"ok": [], "failed": []})
+        entry["ok" if row.get("samples_per_s") is not None else "failed"].append(row)
+    return configs
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return statistics.fmean(r[key] for r in rows)
+
+
+def gpu_section(data: dict) -> list[str]:
+    env, model, method, flops = data["environment"], data["model"], data["method"], data["flops"]
+    runs = data.get("runs") or [{"run": 0, "environment": env}]
+    gpus = sorted({r.get("gpu") or r.get("environment", {}).get("gpu") or env.get("gpu") or env.get("device", "?")
+                   for r in runs})
+    matmul = [r["environment"]["measured_bf16_matmul_tflops"] for r in runs
+              if r.get("environment", {}).get("measured_bf16_matmul_tflops") is not None]
+    if not matmul and env.get("measured_bf16_matmul_tflops") is not None:
+        matmul = [env["measured_bf16_matmul_tflops"]]
+    matmul_text = (f"{min(matmul):.0f}–{max(matmul):.0f}" if matmul and min(matmul) != max(matmul)
+                   else f"{matmul[0]:.0f}" if matmul else None)
+    peak = env.get("bf16_dense_peak_tflops")
+    mfu_text = (f"MFU = TFLOP/s ÷ {peak:.0f} TFLOP/s (dense bf16 datasheet peak"
+                + (f"; a measured 8192³ bf16 matmul reached {matmul_text} TFLOP/s)" if matmul_text else ")")
+                if peak else "MFU not computed (no bf16 peak known for this device)")
+    parameters = sorted({f["parameters"] for f in flops.values()})
+    levels = model.get("attention_levels")
+    attention_at = (", self-attention at levels " + ", ".join(str(i + 1) for i, on in enumerate(levels) if on)
+                    if levels else "")
+    sizes = sorted(int(s) for s in flops)
+    gflops = ", ".join(f"{flops[str(s)]['training_gflops_per_sample']:.0f} GFLOP at {s} px" for s in sizes)
+    out = [f"**GPU diffusion UNet** (`gpu_diffusion.json`, {env['date'][:10]}, {_plural(len(runs), 'run')}): "
+           f"one training step of the diffusion stage's FiLM UNet alone on one {' / '.join(gpus)}, "
+           f"torch {env['torch']}, DeepSpeed {env['deepspeed']}. Model from `{model['config']}`: "
+           + " / ".join(f"{p / 1e6:.1f} M" for p in parameters) + " parameters, block channels "
+           f"{tuple(model['block_channels'])}, {model['layers_per_block']} layers per block{attention_at}, "
+           f"conditioning {model['cond_dim']}-d. Inputs: {method['data']}; nothing is loaded "
+           f"from disk. Precision bf16. Plain PyTorch and DDP rows: {method['precision_plain']}. DeepSpeed rows: "
+           f"{method['precision_deepspeed']}. "
+           f"{method['timed_steps']} timed steps after {method['warmup_steps_discarded']} warm-up steps (which hold "
+           f"torch.compile's compilation); TFLOP/s = samples/s × training FLOPs per sample ({gflops}, the "
+           f"same count for every attention backend); {mfu_text}; peak GiB = "
+           "`max_memory_allocated` (weights + optimizer state + activations). "
+           + (f"Engines: {method['engines']}. " if method.get("engines") else "") +
+           "Configurations measured in several runs show the mean with the range and count.", ""]
+    if method.get("quick"):
+        out += ["*Smoke-test numbers (`--quick`: CPU, tiny model, 2 steps), not a GPU measurement.*", ""]
+    configs = _gpu_configurations(data["results"])
+    engines = list(ENGINE_LABELS)
+    attentions = list(ATTENTION_LABELS)
+    for size in sorted({c[0] for c in configs}):
+        keys = sorted((c for c in configs if c[0] == size),
+                      key=lambda c: (_order(c[1], engines), c[2], _order(c[3], attentions)))
+        rows = []
+        for key in keys:
+            ok, failed = configs[key]["ok"], configs[key]["failed"]
+            if not ok:
+                rows.append([_gpu_label(key), failed[-1]["batch_size"], "–", "–", "–", "–",
+                             "; ".join(dict.fromkeys(_gpu_reason(r) for r in failed))])
+                continue
+            speed = f"{_mean(ok, 'samples_per_s'):.1f}"
+            if len(ok) > 1:
+                speed += (f" ({min(r['samples_per_s'] for r in ok):.1f}–{max(r['samples_per_s'] for r in ok):.1f}, "
+                          f"{len(ok)} runs)")
+            notes = [f"OOM at batch {', '.join(str(b) for b in oom)}" for oom in
+                     dict.fromkeys(tuple(r["oom_at_batch"]) for r in ok if r.get("oom_at_batch"))]
+            notes += ["NaN loss" for r in ok[:1] if any(r.get("status") == "nan_loss" for r in ok)]
+            batches = sorted({r["batch_size"] for r in ok})
+            mfu = _mean(ok, "mfu") if all(r.get("mfu") is not None for r in ok) else None
+            rows.append([_gpu_label(key), "/".join(str(b) for b in batches), speed, f"{_mean(ok, 'tflops'):.1f}",
+                         "–" if mfu is None else f"{100 * mfu:.1f} %", f"{_mean(ok, 'peak_mem_mib') / 1024:.1f}",
+                         "; ".join(notes)])
+        out += [f"{size} px:", ""]
+        out += _table(["configuration", "batch", "samples/s", "TFLOP/s", "MFU", "peak GiB", "note"], rows)
+        out.append("")
+    sentences = _gpu_sentences(configs, sorted({c[0] for c in configs}))
+    incomplete = [f"run {r['run']} was cut short ({r['incomplete']})" for r in runs if r.get("incomplete")]
+    if incomplete:
+        sentences.append("Not every configuration was measured: " + "; ".join(incomplete) + ".")
+    return out + [" ".join(sentences), ""]
+
+
+def _gpu_speed(configs: dict, key: tuple) -> float | None:
+    ok = configs.get(key, {}).get("ok")
+    return _mean(ok, "samples_per_s") if ok else None
+
+
+def _gpu_sentences(configs: dict, sizes: list[int]) -> list[str]:
+    sentences = []
+    # fastest eager attention backend (plain PyTorch) at each size
+    parts = []
+    for size in sizes:
+        eager = {c[3]: _gpu_speed(configs, c) for c in configs if c[:3] == (size, "plain", False)}
+        measured = {k: v for k, v in eager.items() if v is not None}
+        if not measured:
+            continue
+        best = max(measured, key=measured.get)
+
+        def batch(attention: str, size: int = size) -> set:
+            return {r["batch_size"] for r in configs[(size, "plain", False, attention)]["ok"]}
+
+        others = [f"{ATTENTION_LABELS.get(k, k)} {measured[best] / v:.2f}× slower"
+                  + (f" (at batch {'/'.join(str(b) for b in sorted(batch(k)))})" if batch(k) != batch(best) else "")
+                  for k, v in sorted(measured.items(), key=lambda kv: -kv[1]) if k != best]
+        others += [f"{ATTENTION_LABELS.get(k, k)} failed "
+                   f"({_gpu_reason(configs[(size, 'plain', False, k)]['failed'][-1])})"
+                   for k, v in eager.items() if v is None]
+        parts.append(f"{ATTENTION_LABELS.get(best, best)} at {size} px ({measured[best]:.1f} samples/s"
+                     + (f"; {', '.join(others)}" if others else "") + ")")
+    if parts:
+        sentences.append("Fastest eager attention backend: " + "; ".join(parts) + ".")
+    # torch.compile speed-up over the same configuration eager
+    parts = []
+    for key in sorted((c for c in configs if c[2]), key=lambda c: (c[0], c[1], c[3])):
+        compiled, eager = _gpu_speed(configs, key), _gpu_speed(configs, (key[0], key[1], False, key[3]))
+        if compiled is not None and eager is not None:
+            parts.append(f"{compiled / eager:.2f}× ({ENGINE_LABELS.get(key[1], key[1])}, "
+                         f"{ATTENTION_LABELS.get(key[3], key[3])}, {key[0]} px)")
+    if parts:
+        sentences.append("torch.compile speed-up over the same configuration eager: " + ", ".join(parts) + ".")
+    # DeepSpeed ZeRO vs DDP (eager, SDPA)
+    parts = []
+    for size in sizes:
+        ddp = _gpu_speed(configs, (size, "ddp", False, "sdpa"))
+        if ddp is None:
+            continue
+        ratios = [f"{ENGINE_LABELS[e]} {speed / ddp:.2f}×" for e in ("zero1", "zero2", "zero3")
+                  if (speed := _gpu_speed(configs, (size, e, False, "sdpa"))) is not None]
+        if ratios:
+            parts.append(f"{size} px: " + ", ".join(ratios))
+    if parts:
+        sentences.append("DeepSpeed ZeRO samples/s relative to DDP (eager SDPA, means over runs): "
+                         + "; ".join(parts) + ".")
+    return sentences
+
+
+ABLATION_COLUMNS = [("eeg_top1", "EEG top-1"), ("generated_n_way_top_k", "generated-image accuracy"),
+                    ("teacher", "teacher on real images"), ("colour_hist_distance", "colour-histogram distance"),
+                    ("hue_error", "hue error"), ("saturation_error", "saturation error"),
+                    ("brightness_error", "brightness error")]
+
+
+def _mean_std(stats: dict) -> str:
+    if not stats or stats.get("mean") is None:
+        return "–"
+    spread = f" ± {stats['std']:.3f}" if stats.get("std") is not None else ""
+    return f"{stats['mean']:.3f}{spread}"
+
+
+def ablation_section(data: dict) -> list[str]:
+    summary, settings = data["summary"], data["settings"]
+    seeds = settings["seeds"]
+    runs = [r for by_variant in data["runs"].values() for r in by_variant.values()]
+    protocol = next((r["eval_protocol"] for r in runs if "eval_protocol" in r), {})
+    steps = settings.get("steps_per_stage", {})
+    chance = summary.get("teacher_chance")
+    out = [f"**Conditioning ablation** (`ablation.json`, {data['environment']['date'][:10]}): the diffusion UNet "
+           "conditioned on multi-level EEG features (`multilevel`), on the high-level embedding only "
+           "(`highlevel_only`) or on the low-level latent only (`lowlevel_only`); the three share one seed's "
+           "teacher and EEG encoders, so EEG top-1 and the teacher's accuracy are equal across rows. Mean ± std "
+           f"(ddof 1) over {_plural(len(seeds), 'seed')} ({', '.join(str(s) for s in seeds)}); "
+           + (f"{settings['eval_test_trials']} test trials, " if "eval_test_trials" in settings else "")
+           + (f"{protocol['n_way']}-way top-{protocol['top_k']} accuracy" if protocol else "accuracy")
+           + (f" (chance {chance:.3f})" if chance is not None else "")
+           + (f", steps per stage {'/'.join(str(v) for v in steps.values())} ({'/'.join(steps)})" if steps else "")
+           + "; lower is better for the colour metrics.", ""]
+    if data.get("mode") == "quick":
+        out += ["*Smoke-test numbers (`--quick` mode): they only show that the pipeline runs end to end, not a "
+                "result.*", ""]
+    if not data.get("complete", True):
+        out += ["*Incomplete: the run was interrupted; the table holds the finished runs only.*", ""]
+    teacher = summary.get("teacher_test_accuracy", {})
+    rows = []
+    for variant, metrics in summary["metrics"].items():
+        cells = []
+        for key, _ in ABLATION_COLUMNS:
+            stats = teacher if key == "teacher" else metrics.get(key, {})
+            cell = _mean_std(stats)
+            if stats.get("n") is not None and stats["n"] != len(seeds):
+                cell += f" (n={stats['n']})"
+            cells.append(cell)
+        rows.append([f"`{variant}`", *cells])
+    out += _table(["variant", *(label for _, label in ABLATION_COLUMNS)], rows)
+    errors = [f"seed {r['seed']} {r['variant']}: {r['error']}" for r in runs if "error" in r]
+    if errors:
+        out += ["", "Failed runs: " + "; ".join(errors) + "."]
+    return out + ["", f"Verdict: {summary['verdict']}", ""]
+
+
 SECTIONS = {"loader_throughput.json": loader_section, "train_throughput.json": train_section,
-            "eval_throughput.json": eval_section}
+            "eval_throughput.json": eval_section, "gpu_diffusion.json": gpu_section}
+# rendered only when the file exists (no placeholder while it does not)
+OPTIONAL_SECTIONS = {"ablation.json": ablation_section}
 
 
-def render() -> str:
+def render(results: Path = RESULTS) -> str:
     lines = []
-    for name, section in SECTIONS.items():
-        path = RESULTS / name
+    for name, section in {**SECTIONS, **OPTIONAL_SECTIONS}.items():
+        path = results / name
         if path.is_file():
             lines += section(json.loads(path.read_text()))
-        else:
+        elif name in SECTIONS:
             lines += [f"*`{name}` not measured yet.*", ""]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -103,6 +103,8 @@ class LowLevelConfig:
     contrastive_temperature: float = 0.1
     colour_layout_weight: float = 0.0  # EEG latent -> (linear) mean colour of each cell of a grid over the image
     colour_layout_size: int = 4  # that grid's side
+    colour_distribution_weight: float = 0.0  # EEG latent -> (linear) the image's saturation-weighted hue histogram (KL)
+    colour_distribution_bins: int = 12
 
 
 @dataclass
@@ -127,7 +129,7 @@ class DiffusionConfig:
 
 @dataclass
 class ModelConfig:
-    attention: Literal["auto", "xformers", "sdpa"] = "auto"  # auto: xformers on CUDA when installed, else SDPA
+    attention: Literal["auto", "xformers", "sdpa"] = "auto"  # auto: PyTorch SDPA (faster than xformers, measured)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     highlevel: HighLevelConfig = field(default_factory=HighLevelConfig)
     lowlevel: LowLevelConfig = field(default_factory=LowLevelConfig)

@@ -79,3 +79,45 @@ def test_readme_benchmark_tables_are_rendered_from_the_json_results():
 def test_report_command_is_wired_and_explains_a_missing_run(tmp_path, capsys):
     assert main(["report", str(tmp_path / "no_such_run")]) == 2
     assert "no_such_run" in capsys.readouterr().err
+
+
+def _render_readme_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "render_readme.py"
+    spec = importlib.util.spec_from_file_location("render_readme", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_gpu_section_shows_each_configuration_once_and_failures_with_a_reason():
+    render_readme = _render_readme_module()
+    data = json.loads((render_readme.RESULTS / "gpu_diffusion.json").read_text())
+    lines = render_readme.gpu_section(data)
+    configurations = {render_readme._gpu_config(r) for r in data["results"]}
+    table_rows = [line for line in lines if line.startswith("| ") and not line.startswith("| configuration")]
+    assert len(table_rows) == len(configurations)  # repeated runs of one configuration collapse into one row
+    failed = [c for c, entry in render_readme._gpu_configurations(data["results"]).items() if not entry["ok"]]
+    assert sum("| – | – | – | – |" in row for row in table_rows) == len(failed)
+    text = "\n".join(lines)
+    assert data["environment"]["gpu"] in text and "bf16" in text
+
+
+def test_readme_ablation_section_only_when_its_file_exists_and_flags_quick_mode(tmp_path):
+    render_readme = _render_readme_module()
+    assert "ablation" not in render_readme.render(tmp_path)  # absent: no placeholder
+    stats = {"mean": 0.5, "std": None, "n": 1, "per_seed": {"seed0": 0.5}}
+    metrics = ["eeg_top1", "generated_n_way_top_k", "colour_hist_distance", "hue_emd", "hue_error",
+               "saturation_error", "brightness_error"]
+    verdict = "multilevel beats highlevel_only on colour fidelity: inconclusive (one seed)"
+    data = {"benchmark": "ablation", "mode": "quick", "complete": True, "environment": {"date": "2026-01-01T00:00"},
+            "settings": {"seeds": [0], "eval_test_trials": 6}, "runs": {"seed0": {}},
+            "summary": {"metrics": {v: {m: stats for m in metrics} for v in ("multilevel", "highlevel_only")},
+                        "verdict": verdict, "teacher_test_accuracy": stats, "teacher_chance": 1 / 3}}
+    (tmp_path / "ablation.json").write_text(json.dumps(data))
+    text = render_readme.render(tmp_path)
+    assert "Smoke-test numbers" in text and verdict in text and "| `highlevel_only` | 0.500 |" in text
+    data["mode"] = "full"
+    (tmp_path / "ablation.json").write_text(json.dumps(data))
+    assert "Smoke-test" not in render_readme.render(tmp_path)

@@ -154,3 +154,19 @@ def test_colour_layout_term_matches_cell_means_computed_by_hand():
                                  tensors(B, D, seed=25), cfg, prediction)
     assert set(terms) == {"colour_layout"}
     assert total.item() == pytest.approx(3.0 * np.mean((prediction.detach().numpy() - expected) ** 2))
+
+
+def test_colour_distribution_term_is_the_kl_to_the_hue_histogram():
+    from eeg2im_scale.eval.fidelity import hue_histogram
+
+    images = torch.randint(0, 256, (B, 3, 8, 8), dtype=torch.uint8)
+    logits = tensors(B, 6, seed=26, requires_grad=True)
+    cfg = LowLevelConfig(recon_weight=0.0, align_weight=0.0, colour_distribution_weight=2.0, colour_distribution_bins=6)
+    total, terms = lowlevel_loss(tensors(B, 3, 8, 8, seed=27), images, tensors(B, D, seed=28), tensors(B, D, seed=29),
+                                 cfg, colour_logits=logits)
+    target = hue_histogram(images, 6).numpy()
+    log_p = log_softmax(logits.detach().numpy(), axis=1)
+    kl = np.sum(np.where(target > 0, target * (np.log(np.where(target > 0, target, 1)) - log_p), 0), axis=1).mean()
+    assert set(terms) == {"colour_distribution"} and total.item() == pytest.approx(2.0 * kl, rel=1e-5)
+    total.backward()
+    assert logits.grad.abs().sum() > 0

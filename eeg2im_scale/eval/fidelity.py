@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["attribute_errors", "dominant_colour", "histogram_intersection", "hsv_histograms", "hue_emd",
+__all__ = ["attribute_errors", "dominant_colour", "histogram_intersection", "hsv_histograms", "hue_emd", "hue_histogram",
            "n_way_topk_accuracy", "pixel_correlation", "rgb_to_hsv", "ssim", "topk_accuracy"]
 
 
@@ -72,7 +72,7 @@ def histogram_intersection(h1: Tensor, h2: Tensor) -> Tensor:
     return torch.minimum(h1, h2).sum(-1)
 
 
-def _hue_histogram(images: Tensor, bins: int) -> Tensor:
+def hue_histogram(images: Tensor, bins: int) -> Tensor:
     """Saturation-weighted hue histogram ``[B, bins]`` summing to 1 (uniform for a grey image,
     whose hue is undefined): grey pixels carry no hue information, so they weigh nothing."""
     hsv = rgb_to_hsv(images).flatten(2)
@@ -92,7 +92,7 @@ def hue_emd(images_a: Tensor, images_b: Tensor, bins: int = 36) -> Tensor:
     al. 1985); the minimising ``c`` is any median of ``F_a - F_b``. For two single-hue images it
     is the circular distance between their hue bins.
     """
-    diff = _hue_histogram(images_a, bins).cumsum(-1) - _hue_histogram(images_b, bins).cumsum(-1)
+    diff = hue_histogram(images_a, bins).cumsum(-1) - hue_histogram(images_b, bins).cumsum(-1)
     shift = diff.median(-1, keepdim=True).values  # lower median: a minimiser for even counts too
     return ((diff - shift).abs().sum(-1) / bins).float()
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from eeg2im_scale.config import HighLevelConfig, LowLevelConfig
-from eeg2im_scale.models.autoencoder import to_unit_range
+from eeg2im_scale.models.autoencoder import from_unit_range, to_unit_range
 
 
 def response_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -104,20 +104,31 @@ def colour_layout(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(images, size).flatten(1)
 
 
+def colour_distribution_loss(logits: torch.Tensor, images: torch.Tensor, bins: int) -> torch.Tensor:
+    """KL(image's saturation-weighted hue histogram || softmax(logits)), batch mean: the image's
+    colour distribution as a target that shape and position do not dilute; images in [-1, 1]."""
+    from ..eval.fidelity import hue_histogram
+
+    target = hue_histogram(from_unit_range(images.detach().float()), bins).to(logits.device, torch.float32)
+    return F.kl_div(F.log_softmax(logits.float(), dim=-1), target, reduction="batchmean")
+
+
 def lowlevel_loss(recon: torch.Tensor, images: torch.Tensor, eeg_latent: torch.Tensor, image_latent: torch.Tensor,
-                  cfg: LowLevelConfig, layout_prediction: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  cfg: LowLevelConfig, layout_prediction: torch.Tensor | None = None,
+                  colour_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """recon_weight·MSE(recon, images) + align_weight·alignment + contrastive_weight·InfoNCE
-    + colour_layout_weight·MSE(layout_prediction, colour layout of the images).
+    + colour_layout_weight·MSE(layout_prediction, colour layout of the images)
+    + colour_distribution_weight·KL(hue histogram || colour_logits).
 
     ``images`` are uint8 or already in [-1, 1]. The alignment target (the image latent) is
     detached: the autoencoder's latent is shaped by reconstruction alone and the EEG chases it —
     otherwise MSE alignment would pay the autoencoder to shrink its latent towards the EEG. The
     InfoNCE term is symmetric and trains both encoders, as its negatives prevent that collapse.
-    The colour-layout term (``layout_prediction`` read from the EEG latent by a linear head)
-    names the low-level attributes outright: the autoencoder's latent mixes colour with shape
+    The colour terms (``layout_prediction`` and ``colour_logits`` read from the EEG latent by
+    linear heads) name the low-level attributes outright: the autoencoder's latent mixes colour with shape
     and position, and matching it alone leaves colour the weakest part of the EEG latent.
-    Returns (total, {"recon", "align", "contrastive", "colour_layout"}) — terms with weight 0 are skipped.
+    Returns (total, {"recon", "align", "contrastive", "colour_layout", "colour_distribution"}) —
+    terms with weight 0 are skipped.
     """
     if images.dtype == torch.uint8:
         images = to_unit_range(images).to(recon.dtype)
@@ -131,6 +142,9 @@ def lowlevel_loss(recon: torch.Tensor, images: torch.Tensor, eeg_latent: torch.T
     if cfg.colour_layout_weight:
         target = colour_layout(images, cfg.colour_layout_size)
         terms["colour_layout"] = (cfg.colour_layout_weight, F.mse_loss(layout_prediction, target))
+    if cfg.colour_distribution_weight:
+        terms["colour_distribution"] = (cfg.colour_distribution_weight,
+                                        colour_distribution_loss(colour_logits, images, cfg.colour_distribution_bins))
     if not terms:
         raise ValueError("all model.lowlevel loss weights are 0: nothing to train")
     return _weighted_sum(terms)

@@ -151,13 +151,16 @@ class LowLevelModule(StageModule):
         self.autoencoder, self.encoder, self.cfg = autoencoder, encoder, cfg.model.lowlevel
         low = cfg.model.lowlevel  # a training-only head: the release keeps the encoder alone
         self.layout_head = nn.Linear(low.latent_dim, 3 * low.colour_layout_size ** 2) if low.colour_layout_weight else None
+        self.colour_head = nn.Linear(low.latent_dim, low.colour_distribution_bins) if low.colour_distribution_weight else None
 
     def forward(self, batch: dict):
         images = _images(batch, self.dtype)
         recon, image_latent = self.autoencoder(images)
         eeg_latent = self.encoder(batch["eeg"])
         layout = self.layout_head(eeg_latent).float() if self.layout_head is not None else None
-        return lowlevel_loss(recon.float(), images.float(), eeg_latent.float(), image_latent.float(), self.cfg, layout)
+        colour = self.colour_head(eeg_latent).float() if self.colour_head is not None else None
+        return lowlevel_loss(recon.float(), images.float(), eeg_latent.float(), image_latent.float(), self.cfg,
+                             layout, colour)
 
 
 class HighLevelModule(StageModule):
