@@ -70,10 +70,8 @@ import logging
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -81,6 +79,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from eeg2im_scale.bench.proc import run_logged
 from eeg2im_scale.config import STAGES, ConfigError, load_config, to_dict
 from eeg2im_scale.config import read_yaml_values as read_config_values
 from eeg2im_scale.data.corpus import write_synthetic
@@ -210,18 +209,7 @@ def launch(plan: Plan, variant: str, overrides: list[str], log_path: Path) -> tu
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(plan.nproc),
                "--master_port", str(_free_port()), str(LAUNCHER), "--config", str(config_path(variant)), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(plan.omp_threads), "PYTHONUNBUFFERED": "1"}
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        log.write(" ".join(command) + "\n")
-        log.flush()
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            code = process.wait(timeout=RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            code = process.wait()
-    return code, time.perf_counter() - start
+    return run_logged(command, env, log_path, RUN_TIMEOUT_S, REPO)
 
 
 def seed_shared_encoders(source_run: Path, run_dir: Path) -> None:

@@ -37,8 +37,6 @@ import os
 import platform
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,6 +45,7 @@ import deepspeed
 import psutil
 import torch
 
+from eeg2im_scale.bench.proc import run_logged
 from eeg2im_scale.config import STAGES, load_config, to_dict
 from eeg2im_scale.data.corpus import write_synthetic
 from eeg2im_scale.data.manifest import MANIFEST, Manifest
@@ -194,16 +193,7 @@ def launch(plan: Plan, variant: Variant, args: list[str], log_path: Path) -> tup
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                str(variant.ranks), str(LAUNCHER), "--config", str(plan.config), *args]
     env = {**os.environ, "OMP_NUM_THREADS": str(variant.omp_threads), "PYTHONUNBUFFERED": "1"}
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            code = process.wait(timeout=RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            code = process.wait()
-    return code, time.perf_counter() - start
+    return run_logged(command, env, log_path, RUN_TIMEOUT_S, REPO)
 
 
 def read_stats(run_dir: Path, stage: str) -> list[dict]:
