@@ -10,7 +10,7 @@ QS_CONFIG ?= configs/synthetic_tiny.yaml
 ACCEL_DEVICE := $(shell nvidia-smi -L >/dev/null 2>&1 || echo --cpu)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install quickstart test clean
+.PHONY: install quickstart test bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ quickstart: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Every benchmark into benchmarks/results (JSONs, PNGs, logs/, bench_summary.json); ~15 min on a 2-core CPU.
+# The conditioning ablation is left out: ~1.5 h there; run it alone with
+#   $(BIN)/python -m eeg2im_scale.bench all --out benchmarks/results --only ablation
+bench: install
+	$(BIN)/python -m eeg2im_scale.bench all --out benchmarks/results --skip ablation
 
 clean:
 	rm -rf runs

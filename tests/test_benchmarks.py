@@ -140,3 +140,37 @@ def test_quick_ablation_benchmark_reports_every_variant(tmp_path):
         assert summary["paired_multilevel_minus_highlevel_only"][name]["seeds"] == 1
     assert summary["verdict"].startswith("multilevel beats highlevel_only on colour fidelity: inconclusive")
     assert summary["verdict"] in done.stdout  # the human-readable summary
+
+
+def test_bench_all_quick_runs_the_registry_and_plots(tmp_path):
+    """The one entry point: a selected benchmark runs as a subprocess, its output streams through,
+    and its JSON, PNG, log and summary record land in --out. Only the loader: the fastest quick mode
+    (~20 s; the others take 1.5-3.5 min here), the rest of the path is the same for every script."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "eeg2im_scale.bench", "all", "--quick", "--only", "loader_throughput",
+               "--out", str(out), "--work-dir", str(tmp_path / "work")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    summary = json.loads((out / "bench_summary.json").read_text())
+    assert summary["quick"] is True and summary["failed"] == []
+    [record] = summary["benchmarks"]
+    assert record["name"] == "loader_throughput" and record["status"] == "ok" and record["exit_code"] == 0
+    assert positive(record["wall_s"]) and "--quick" in record["command"]
+    assert "decode_ceiling" in json.loads((out / "loader_throughput.json").read_text())
+    assert summary["plots"] == {"loader_throughput": {"png": str(out / "loader_throughput.png")}}
+    assert (out / "loader_throughput.png").read_bytes().startswith(b"\x89PNG")
+    assert "decode_ceiling" in (out / "logs" / "loader_throughput.log").read_text()
+    assert "decode_ceiling" in done.stdout  # the script's own output streamed through
+
+
+def test_bench_plots_draws_one_png_per_committed_result(tmp_path):
+    from eeg2im_scale.bench.__main__ import main
+    from eeg2im_scale.bench.plots import PLOTTERS
+
+    results = BENCHMARKS / "results"
+    assert main(["plots", "--results", str(results), "--out", str(tmp_path)]) == 0
+    names = {p.stem for p in results.glob("*.json")} & {*PLOTTERS, "gpu_diffusion"}  # not bench_summary.json
+    assert {"loader_throughput", "train_throughput", "eval_throughput", "gpu_diffusion"} <= names
+    for name in names:
+        assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG"), name

@@ -61,7 +61,7 @@ def hsv_histograms(images: Tensor, bins: tuple[int, int, int] = (8, 4, 4)) -> Te
     bh, bs, bv = bins
     hsv = rgb_to_hsv(images).flatten(2)  # [B, 3, N]
     index = (_bin(hsv[:, 0], bh, circular=True) * bs + _bin(hsv[:, 1], bs)) * bv + _bin(hsv[:, 2], bv)
-    hist = torch.zeros(hsv.shape[0], bh * bs * bv, dtype=torch.float32)
+    hist = torch.zeros(hsv.shape[0], bh * bs * bv, dtype=torch.float32, device=hsv.device)
     hist.scatter_add_(1, index, torch.ones_like(index, dtype=torch.float32))
     return hist / hsv.shape[-1]
 
@@ -77,7 +77,7 @@ def hue_histogram(images: Tensor, bins: int) -> Tensor:
     whose hue is undefined): grey pixels carry no hue information, so they weigh nothing."""
     hsv = rgb_to_hsv(images).flatten(2)
     index = _bin(hsv[:, 0], bins, circular=True)
-    hist = torch.zeros(hsv.shape[0], bins, dtype=torch.float64)
+    hist = torch.zeros(hsv.shape[0], bins, dtype=torch.float64, device=hsv.device)
     hist.scatter_add_(1, index, hsv[:, 1].double())
     total = hist.sum(-1, keepdim=True)
     return torch.where(total > 0, hist / total.clamp_min(1e-12), torch.full_like(hist, 1.0 / bins))
@@ -115,7 +115,7 @@ def ssim(images_a: Tensor, images_b: Tensor) -> Tensor:
     """
     a, b = images_a.double(), images_b.double()
     channels = a.shape[1]
-    window = _gaussian_window().expand(channels, 1, 11, 11)
+    window = _gaussian_window().to(a.device).expand(channels, 1, 11, 11)
     pad = (5, 5, 5, 5)
     stack = torch.cat((a, b, a * a, b * b, a * b))
     stats = F.conv2d(F.pad(stack, pad, mode="reflect"), window, groups=channels).split(a.shape[0])
@@ -167,7 +167,7 @@ def dominant_colour(images: Tensor, saturation_threshold: float = 0.25, mode_bin
     hue, sat, val = hsv.unbind(1)
     threshold = torch.minimum(torch.full_like(sat[:, :1], saturation_threshold), sat.max(-1, keepdim=True).values)
     selected = (sat >= threshold) & (sat > 0)
-    hist = torch.zeros(hue.shape[0], mode_bins, dtype=torch.float64)
+    hist = torch.zeros(hue.shape[0], mode_bins, dtype=torch.float64, device=hue.device)
     hist.scatter_add_(1, _bin(hue, mode_bins, circular=True), selected.double())
     mode = (hist.argmax(-1, keepdim=True).double() + 0.5) / mode_bins
     peak = selected & (_circular_distance(hue, mode) < window)
