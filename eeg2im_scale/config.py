@@ -70,8 +70,9 @@ class DataConfig:
 class TeacherConfig:
     """The ResNet50 image teacher whose logits and pooled features are distilled into the EEG."""
 
+    arch: Literal["resnet50", "resnet34", "resnet18"] = "resnet50"  # the paper's is ResNet50; smaller ones for CPU budgets
     pretrained: bool = False  # ImageNet weights: from `weights` or the torch hub cache, never downloaded
-    weights: Optional[str] = None  # path to a torchvision resnet50 state dict (.pth/.safetensors)
+    weights: Optional[str] = None  # path to a torchvision state dict of `arch` (.pth/.safetensors)
     input_size: int = 224  # images are resized to this before the teacher
     augment: bool = True  # random flips and shifts while fine-tuning (it memorises a few hundred images otherwise)
 

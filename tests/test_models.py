@@ -373,3 +373,28 @@ def test_condition_on_selects_the_features_that_reach_the_unet(condition_on):
         assert torch.allclose(cond[:, :high_part.shape[1]], high_part)
     else:
         assert torch.allclose(cond, low(eeg))
+
+
+@pytest.mark.parametrize("arch, width", [("resnet18", 512), ("resnet50", 2048)])
+def test_teacher_arch_sets_the_feature_width_the_highlevel_encoder_projects_to(arch, width):
+    from eeg2im_scale.train.stages import Geometry, build_highlevel, build_teacher_model
+
+    cfg = load_config("tests/configs/tiny_train.yaml", [f"model.teacher.arch={arch}"])
+    info = {"channel_names": [f"E{i}" for i in range(cfg.synth.channels)], "time_points": cfg.synth.time_points,
+            "sfreq": cfg.synth.sfreq, "class_names": ["a", "b", "c"]}
+    geo = Geometry(cfg, info)
+    logits, features = build_teacher_model(cfg, geo)(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
+    assert logits.shape == (2, 3) and features.shape == (2, width)
+    assert build_highlevel(cfg, geo).teacher_projection.out_features == width
+
+
+def test_pretrained_resnet18_is_looked_up_under_its_own_name(empty_hub):
+    from torchvision.models import resnet18
+
+    from eeg2im_scale.models.teacher import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError, match="resnet18-f37072fd.pth"):
+        build_teacher(TeacherConfig(arch="resnet18", pretrained=True), 3)
+    empty_hub.mkdir(parents=True)
+    torch.save(resnet18(weights=None).state_dict(), empty_hub / "resnet18-f37072fd.pth")
+    assert build_teacher(TeacherConfig(arch="resnet18", pretrained=True), 3).head.in_features == 512

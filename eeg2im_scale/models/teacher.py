@@ -1,5 +1,5 @@
-"""The ResNet50 image teacher whose logits (response KD) and pooled features (feature KD) the
-high-level EEG encoder learns from.
+"""The ResNet image teacher (ResNet50 in the paper) whose logits (response KD) and pooled
+features (feature KD) the high-level EEG encoder learns from.
 
 ImageNet weights are only ever read from disk — ``model.teacher.weights`` or torchvision's own
 file in the torch hub cache — so a training job on an offline cluster fails at start-up with
@@ -14,17 +14,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet50
+from torchvision.models import resnet18, resnet34, resnet50
 
 from eeg2im_scale.config import TeacherConfig
 from eeg2im_scale.models.autoencoder import to_unit_range
 
 log = logging.getLogger(__name__)
 
-FEATURE_DIM = 2048
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TORCHVISION_FILENAME = "resnet50-0676ba61.pth"  # the name torchvision gives ResNet50_Weights.IMAGENET1K_V1
+# arch -> (constructor, pooled feature width, the file name torchvision gives its IMAGENET1K_V1 weights)
+ARCHS = {"resnet50": (resnet50, 2048, "resnet50-0676ba61.pth"),
+         "resnet34": (resnet34, 512, "resnet34-b627a593.pth"),
+         "resnet18": (resnet18, 512, "resnet18-f37072fd.pth")}
+
+
+def feature_dim(arch: str) -> int:
+    """Width of the teacher's pooled feature, the target of feature-based KD."""
+    return ARCHS[arch][1]
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -42,14 +49,14 @@ def find_imagenet_weights(cfg: TeacherConfig) -> Path:
         path = Path(cfg.weights).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(f"model.teacher.weights points to {path}, which does not exist. Set it to a "
-                                       f"torchvision resnet50 state dict (.pth or .safetensors).")
+                                       f"torchvision {cfg.arch} state dict (.pth or .safetensors).")
         return path
-    cached = sorted(hub_checkpoint_dir().glob("resnet50-*.pth"))
+    cached = sorted(hub_checkpoint_dir().glob(f"{cfg.arch}-*.pth"))
     if not cached:
         raise WeightsNotFoundError(
-            "model.teacher.pretrained=true but no ResNet50 ImageNet weights were found, and nothing is downloaded. "
-            f"Either set model.teacher.weights=/path/to/resnet50.pth (a torchvision resnet50 state dict, .pth or "
-            f".safetensors), or place torchvision's file as {hub_checkpoint_dir() / TORCHVISION_FILENAME} "
+            f"model.teacher.pretrained=true but no {cfg.arch} ImageNet weights were found, and nothing is downloaded. "
+            f"Either set model.teacher.weights=/path/to/{cfg.arch}.pth (a torchvision {cfg.arch} state dict, .pth or "
+            f".safetensors), or place torchvision's file as {hub_checkpoint_dir() / ARCHS[cfg.arch][2]} "
             "(the torch hub cache; TORCH_HOME moves it). Or set model.teacher.pretrained=false to start from scratch.")
     return cached[0]
 
@@ -63,7 +70,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 class Teacher(nn.Module):
-    """ResNet50 trunk + a ``num_classes`` linear head.
+    """ResNet trunk (``cfg.arch``) + a ``num_classes`` linear head.
 
     ``forward`` takes the loader's uint8 images (or float images in [-1, 1], e.g. generated ones),
     so ImageNet normalisation and resizing live with the model that needs them.
@@ -72,23 +79,25 @@ class Teacher(nn.Module):
     def __init__(self, cfg: TeacherConfig, num_classes: int):
         super().__init__()
         self.input_size = cfg.input_size
-        self.trunk = resnet50(weights=None)
-        self.trunk.fc = nn.Identity()  # the trunk ends at the global-average-pooled 2048-d feature
-        self.head = nn.Linear(FEATURE_DIM, num_classes)
+        self.arch = cfg.arch
+        build, width, _ = ARCHS[cfg.arch]
+        self.trunk = build(weights=None)
+        self.trunk.fc = nn.Identity()  # the trunk ends at the global-average-pooled feature
+        self.head = nn.Linear(width, num_classes)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def load_imagenet(self, state: dict[str, torch.Tensor], source: Path) -> None:
-        """Load a torchvision resnet50 state dict; its ``fc`` is kept only if it already has our class count."""
+        """Load a torchvision state dict of ``arch``; its ``fc`` is kept only if it already has our class count."""
         fc = {k.removeprefix("fc."): v for k, v in state.items() if k.startswith("fc.")}
         try:
             self.trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)
         except RuntimeError as exc:
-            raise ValueError(f"{source} is not a torchvision resnet50 state dict: {exc}") from exc
+            raise ValueError(f"{source} is not a torchvision {self.arch} state dict: {exc}") from exc
         keep_head = "weight" in fc and fc["weight"].shape == self.head.weight.shape
         if keep_head:
             self.head.load_state_dict(fc)
-        log.info("teacher: ResNet50 weights from %s (%s head)", source, "loaded" if keep_head else "new")
+        log.info("teacher: %s weights from %s (%s head)", self.arch, source, "loaded" if keep_head else "new")
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [-1, 1] float → ImageNet-normalised float at ``input_size``."""
@@ -102,7 +111,7 @@ class Teacher(nn.Module):
         return ((images - self.mean) / self.std).to(images.dtype)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """→ (logits [B, num_classes], pooled features [B, 2048])."""
+        """→ (logits [B, num_classes], pooled features [B, feature_dim(arch)])."""
         features = self.trunk(self.preprocess(images))
         return self.head(features), features
 

@@ -23,7 +23,7 @@ from ..models.eeg_encoders import HighLevelEncoder, LowLevelEncoder
 from ..models.film_unet import FiLMUNet
 from ..models.losses import diffusion_loss, highlevel_loss, lowlevel_loss
 from ..models.sampling import diffusion_training_target, make_train_scheduler
-from ..models.teacher import Teacher, build_teacher, flip_and_shift
+from ..models.teacher import Teacher, build_teacher, feature_dim as teacher_feature_dim, flip_and_shift
 from .ema import EMA, ema_beta
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def build_teacher_model(cfg: Config, geo: Geometry) -> nn.Module:
 
 
 def build_highlevel(cfg: Config, geo: Geometry) -> HighLevelEncoder:
-    return HighLevelEncoder(cfg.model.highlevel, geo.n_chans, geo.n_times, geo.sfreq, geo.num_classes)
+    return HighLevelEncoder(cfg.model.highlevel, geo.n_chans, geo.n_times, geo.sfreq, geo.num_classes,
+                            teacher_feature_dim(cfg.model.teacher.arch))
 
 
 def build_lowlevel(cfg: Config, geo: Geometry) -> tuple[ImageAutoencoder, LowLevelEncoder]:
