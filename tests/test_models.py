@@ -361,9 +361,7 @@ def test_condition_on_selects_the_features_that_reach_the_unet(condition_on):
     from eeg2im_scale.train.stages import Geometry, build_highlevel, build_lowlevel, build_unet, condition
 
     cfg = load_config("tests/configs/tiny_train.yaml", [f"model.diffusion.condition_on={condition_on}"])
-    info = {"channel_names": [f"E{i}" for i in range(cfg.synth.channels)], "time_points": cfg.synth.time_points,
-            "sfreq": cfg.synth.sfreq, "class_names": ["a", "b", "c"]}
-    geo = Geometry(cfg, info)
+    geo = Geometry.of_synth(cfg, ["a", "b", "c"])
     high, low, unet = build_highlevel(cfg, geo), build_lowlevel(cfg, geo)[1], build_unet(cfg, geo)
     eeg = torch.randn(2, geo.n_chans, geo.n_times)
     cond = condition(high.eval(), low.eval(), eeg, condition_on)
@@ -380,9 +378,7 @@ def test_teacher_arch_sets_the_feature_width_the_highlevel_encoder_projects_to(a
     from eeg2im_scale.train.stages import Geometry, build_highlevel, build_teacher_model
 
     cfg = load_config("tests/configs/tiny_train.yaml", [f"model.teacher.arch={arch}"])
-    info = {"channel_names": [f"E{i}" for i in range(cfg.synth.channels)], "time_points": cfg.synth.time_points,
-            "sfreq": cfg.synth.sfreq, "class_names": ["a", "b", "c"]}
-    geo = Geometry(cfg, info)
+    geo = Geometry.of_synth(cfg, ["a", "b", "c"])
     logits, features = build_teacher_model(cfg, geo)(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
     assert logits.shape == (2, 3) and features.shape == (2, width)
     assert build_highlevel(cfg, geo).teacher_projection.out_features == width

@@ -55,10 +55,7 @@ def stage_parameter_counts(config_path: str) -> dict[str, int]:
     from ..train.stages import Geometry, build_highlevel, build_lowlevel, build_teacher_model, build_unet
 
     cfg = load_config(config_path)
-    s = cfg.synth
-    info = {"channel_names": [f"E{i}" for i in range(s.channels)], "time_points": s.time_points, "sfreq": s.sfreq,
-            "class_names": cfg.data.classes or [str(c) for c in range(s.num_classes)]}
-    geo = Geometry(cfg, info)
+    geo = Geometry.of_synth(cfg)
     autoencoder, low = build_lowlevel(cfg, geo)
     count = lambda *modules: sum(p.numel() for m in modules for p in m.parameters())  # noqa: E731
     return {"teacher": count(build_teacher_model(cfg, geo)), "lowlevel": count(autoencoder, low),

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..config import Config, ConfigError, SynthConfig
-from .manifest import MANIFEST, Manifest
+from .manifest import MANIFEST, read_info
 from .synth import SyntheticCorpus
 from .writer import CorpusInfo, RawSample, write_corpus
 
@@ -70,7 +70,7 @@ def ensure_corpus(cfg: Config) -> Path:
 
 def _check_synth_settings(cfg: Config, manifest: Path) -> None:
     """A synthetic corpus written with other ``synth`` settings is not silently reused."""
-    written = Manifest(manifest.parent).info.get("extra", {}).get("synth")
+    written = read_info(manifest).get("extra", {}).get("synth")
     if written is None:
         return  # not a synthetic corpus: data.root names the user's data
     wanted = json.loads(json.dumps(asdict(cfg.synth)))  # tuples as lists, as stored

@@ -21,6 +21,14 @@ class ShardEntry:
     total: int  # all samples in this shard (to detect truncation)
 
 
+def read_info(path: Path) -> dict:
+    """The corpus metadata stored in a manifest's Parquet schema (read without any column)."""
+    raw_meta = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    if raw_meta is None:
+        raise ValueError(f"{path}: not an eeg2im manifest (no '{META_KEY.decode()}' metadata)")
+    return json.loads(raw_meta)
+
+
 class Manifest:
     """The manifest's metadata plus the few columns the loader needs, held as compact arrays.
 
@@ -35,11 +43,7 @@ class Manifest:
             raise FileNotFoundError(
                 f"no corpus at {self.root}: {self.path} is missing. Write one with "
                 f"`eeg2im synth --out {self.root}` (or a converter), or set data.synthesize: true")
-        parquet = pq.ParquetFile(self.path)
-        raw_meta = (parquet.schema_arrow.metadata or {}).get(META_KEY)
-        if raw_meta is None:
-            raise ValueError(f"{self.path}: not an eeg2im manifest (no '{META_KEY.decode()}' metadata)")
-        self.info: dict = json.loads(raw_meta)
+        self.info: dict = read_info(self.path)
         split_columns = [f"split_{s}" for s in SCHEMES]
         self._columns = pq.read_table(self.path, columns=["index", "shard", "label", *split_columns],
                                       read_dictionary=["shard", *split_columns])

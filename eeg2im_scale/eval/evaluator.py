@@ -221,7 +221,7 @@ def _summarise(cfg, pipeline, records, real_stats, fake_stats, fake_logits, fake
         "protocol": {
             "split": e.split, "split_by": cfg.data.split_by, "trials": len(records),
             "images_per_trial": e.images_per_trial, "generated_images": len(labels),
-            "real_images": int(real_stats.count), "sampler": sampler, "sample_steps": steps,
+            "real_images": len(records), "sampler": sampler, "sample_steps": steps,
             "guidance_scale": guidance, "inception": _inception_protocol(e),
             "inception_input": "uint8 → 299×299 TF-compatible bilinear",
             "n_way": n_way, "top_k": e.top_k, "model_selection": "on the validation split only; test is reported once",

@@ -66,6 +66,15 @@ class Geometry:
         self.num_classes = len(info["class_names"])
         self.image_size = cfg.data.image_size
 
+    @classmethod
+    def of_synth(cls, cfg: Config, class_names: list[str] | None = None) -> "Geometry":
+        """The geometry of the corpus the config's ``synth`` section describes, without reading one
+        (sizing models; ``data.classes`` or ``class_names`` stand in for its classes)."""
+        s = cfg.synth
+        names = class_names or cfg.data.classes or [str(c) for c in range(s.num_classes)]
+        return cls(cfg, {"channel_names": [f"E{i}" for i in range(s.channels)], "time_points": s.time_points,
+                         "sfreq": s.sfreq, "class_names": names})
+
 
 def build_teacher_model(cfg: Config, geo: Geometry) -> nn.Module:
     return build_teacher(cfg.model.teacher, geo.num_classes)
