@@ -79,7 +79,8 @@ def _convert_parser(sub) -> None:
     common.add_argument("--classes", type=lambda s: [c.strip() for c in s.split(",") if c.strip()], default=None,
                         help="comma-separated class names to keep, relabelled 0..k-1 in this order")
     common.add_argument("--seed", type=int, default=0,
-                        help="seed of the image/subject/block splits (and of THINGS-EEG2's val concepts)")
+                        help="seed of the image/subject/block splits (and of the val concepts/images of "
+                             "things-eeg2 and eeg-imagenet-2024)")
     common.add_argument("--split-fractions", type=lambda s: [float(x) for x in s.split(",")], default=[0.8, 0.1, 0.1],
                         help="train,val,test fractions of the image/subject/block schemes (default 0.8,0.1,0.1)")
     kinds = parser.add_subparsers(dest="converter", required=True)
@@ -89,6 +90,14 @@ def _convert_parser(sub) -> None:
     imagenet.add_argument("--images", required=True, help="ImageNet images: DIR/<wnid>/<name>.JPEG or DIR/<name>.JPEG")
     imagenet.add_argument("--split-index", type=int, default=0, help="which of the release's splits (default 0)")
     imagenet.add_argument("--window", default="20:460", help="samples START:STOP kept (default 20:460)")
+    zhu = kinds.add_parser("eeg-imagenet-2024", parents=[common], help="Zhu et al. 2024 (EEG-ImageNet_*.pth)")
+    zhu.add_argument("--eeg", required=True, nargs="+", help="release file(s): EEG-ImageNet_1.pth EEG-ImageNet_2.pth")
+    zhu.add_argument("--images", required=True, help="ImageNet images: DIR/<wnid>/<name> (imageNet_images/)")
+    zhu.add_argument("--granularity", choices=["coarse", "fine", "all"], default="all",
+                     help="keep the 40 coarse, the 40 fine or all 80 classes (default all)")
+    zhu.add_argument("--window", default="40:440", help="samples START:STOP kept (default 40:440, as the loaders)")
+    zhu.add_argument("--val-fraction", type=float, default=0.1,
+                     help="fraction of each class's training images put in the release split's val (default 0.1)")
     things = kinds.add_parser("things-eeg2", parents=[common], help="Gifford et al. 2022 (preprocessed release)")
     things.add_argument("--eeg-dir", required=True, help="folder of sub-XX/preprocessed_eeg_{training,test}.npy")
     things.add_argument("--images", required=True, help="image set folder: training_images/, test_images/")
@@ -115,6 +124,10 @@ def cmd_convert(args) -> int:
     if args.converter == "eeg-imagenet":
         manifest = convert.convert_eeg_imagenet(args.eeg, args.splits, args.images, opts, split_index=args.split_index,
                                                 window=convert.parse_window(args.window))
+    elif args.converter == "eeg-imagenet-2024":
+        manifest = convert.convert_eeg_imagenet_2024(args.eeg, args.images, opts, granularity=args.granularity,
+                                                     window=convert.parse_window(args.window),
+                                                     val_fraction=args.val_fraction)
     elif args.converter == "things-eeg2":
         manifest = convert.convert_things_eeg2(args.eeg_dir, args.images, opts, allow_pickle=args.allow_pickle,
                                                average_repetitions=args.average_repetitions,
