@@ -17,7 +17,7 @@ def test_yaml_and_dotted_overrides(tmp_path):
 # Real corpora's geometry (channels, time points, Hz, classes) as their converters write it;
 # synthetic configs take theirs from `synth:`.
 REAL_GEOMETRY = {"eeg_imagenet40.yaml": (128, 440, 1000.0, 40), "eeg_imagenet_subset4.yaml": (128, 440, 1000.0, 40),
-                 "things_eeg2.yaml": (17, 100, 100.0, 1854)}
+                 "things_eeg2.yaml": (17, 100, 100.0, 1854), "eeg_imagenet_2024.yaml": (62, 400, 1000.0, 80)}
 
 
 @pytest.mark.parametrize("path", sorted(Path("configs").rglob("*.yaml")))

@@ -12,7 +12,6 @@ import torch
 from test_convert import close_colour, fails, solid, written
 
 from eeg2im_scale.cli.main import main
-from eeg2im_scale.config import load_config
 from eeg2im_scale.data.convert import ConvertOptions, convert_eeg_imagenet_2024
 from eeg2im_scale.data.manifest import Manifest
 
@@ -191,18 +190,3 @@ def test_eeg_imagenet_2024_malformed_input_is_named_before_writing(tmp_path, cap
     fails(capsys, zhu_args(tmp_path, "out", "--window", "2:10"), *fragments)
     assert not (tmp_path / "out").exists()
 
-
-def test_shipped_config_builds_at_the_corpus_geometry():
-    """configs/eeg_imagenet_2024.yaml at what the converter writes: 62 x 400 at 1 kHz, 80 classes."""
-    from eeg2im_scale.train.stages import (
-        Geometry,
-        build_highlevel,
-        build_lowlevel,
-        build_unet,
-    )
-
-    cfg = load_config("configs/eeg_imagenet_2024.yaml")
-    assert not cfg.data.synthesize and cfg.data.split_by == "release" and cfg.data.eeg_window is None
-    geo = Geometry(cfg, {"channel_names": [f"E{i}" for i in range(62)], "time_points": 400, "sfreq": 1000.0,
-                         "class_names": [str(c) for c in range(80)]})
-    build_highlevel(cfg, geo), build_lowlevel(cfg, geo), build_unet(cfg, geo)
