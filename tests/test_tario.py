@@ -1,0 +1,70 @@
+"""The shard tar reader against Python's tarfile, and its failures on damaged archives."""
+
+import io
+import tarfile
+
+import pytest
+
+from eeg2im_scale.data.tario import BLOCK, TarFormatError, iter_members
+
+
+def _archive(members: dict[str, bytes], fmt=tarfile.USTAR_FORMAT, **info_fields) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            for key, value in info_fields.items():
+                setattr(info, key, value)
+            tar.addfile(info, io.BytesIO(data))
+        directory = tarfile.TarInfo("sub")
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)
+    return buffer.getvalue()
+
+
+MEMBERS = {"000001.eeg.npy": b"x" * 1000, "000001.png": b"", "000002.json": b"{}" * 300,
+           "a/" * 60 + "long.png": b"prefix field"}  # > 100 characters: stored with the ustar prefix
+
+
+def _read(path, **kw):
+    with open(path, "rb") as f:
+        return list(iter_members(f, **kw))
+
+
+def test_members_match_tarfile_and_unwanted_ones_are_skipped(tmp_path):
+    path = tmp_path / "s.tar"
+    path.write_bytes(_archive(MEMBERS))
+    with tarfile.open(path) as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isreg()]
+    assert _read(path) == expected == list(MEMBERS.items())
+    assert _read(path, wanted=lambda name: name.startswith("000002")) == [
+        ("000001.eeg.npy", None), ("000001.png", None), ("000002.json", b"{}" * 300), (expected[-1][0], None)]
+
+
+@pytest.mark.parametrize("cut", [100, BLOCK + 10, 3 * BLOCK - 1, 3 * BLOCK + 64])
+def test_truncation_inside_a_header_or_a_member_raises(tmp_path, cut):
+    """Cuts inside the first header, the first member's data, its padding, and the second header. (A cut exactly on a header boundary reads as a shorter archive: the
+    caller's sample count catches it.)"""
+    data = _archive(MEMBERS)
+    path = tmp_path / "s.tar"
+    path.write_bytes(data[:cut])
+    with pytest.raises(TarFormatError):
+        _read(path)
+    with pytest.raises(TarFormatError):
+        _read(path, wanted=lambda name: False)  # skipped members are checked against the end too
+
+
+def test_corrupt_header_and_extension_headers(tmp_path):
+    data = bytearray(_archive(MEMBERS))
+    data[BLOCK * 3 + 7] ^= 0xFF  # the name field of the second member's header
+    path = tmp_path / "bad.tar"
+    path.write_bytes(bytes(data))
+    with pytest.raises(TarFormatError, match="checksum") as err:
+        _read(path)
+    assert not err.value.unsupported
+    pax = tmp_path / "pax.tar"
+    pax.write_bytes(_archive({"000001.json": b"{}"}, fmt=tarfile.PAX_FORMAT, mtime=0.5))
+    with pytest.raises(TarFormatError) as err:
+        _read(pax)
+    assert err.value.unsupported
