@@ -241,6 +241,19 @@ class Config:
             raise ConfigError(f"synth.channels is at most 128 (the montage has 128 electrodes), got {s.channels}")
         if s.sfreq <= 2 * s.line_freq:
             raise ConfigError(f"synth.sfreq ({s.sfreq}) must exceed twice synth.line_freq ({s.line_freq})")
+        t = self.train
+        counts = {"train.grad_accum": t.grad_accum, "train.checkpoint_every": t.checkpoint_every,
+                  "train.keep_checkpoints": t.keep_checkpoints, "train.log_every": t.log_every,
+                  "train.collective_timeout_s": t.collective_timeout_s,
+                  **{f"train.{name}.steps": t.stage_config(name).steps for name in STAGES}}
+        for key, value in counts.items():
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
+        if t.halt_after < 0 or any(t.stage_config(name).warmup_steps < 0 for name in STAGES):
+            raise ConfigError("train.halt_after and train.<stage>.warmup_steps must be >= 0 (0: off)")
+        for name in STAGES:
+            if not t.stage_config(name).lr > 0:
+                raise ConfigError(f"train.{name}.lr must be > 0, got {t.stage_config(name).lr}")
         m = self.model.diffusion
         if len(m.attention_levels) != len(m.block_channels):
             raise ConfigError(f"model.diffusion.attention_levels needs one entry per block_channels level "

@@ -19,18 +19,22 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import random
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import DataConfig
-from .format import SampleError, decode_sample, read_shard
-from .manifest import Manifest, ShardEntry
+from .format import SampleError, decode_sample, read_shard, sample_key
+from .manifest import MANIFEST, Manifest, ShardEntry
 from .preprocess import EEGPreprocess, bandpass_sos, prepare_image
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,13 @@ def split_by_worker(shards: list, worker: int, num_workers: int) -> list:
     return shards[worker::num_workers]
 
 
+@lru_cache(maxsize=16)
+def _shard_indices(root: str, shard: str) -> np.ndarray:
+    """The sample indices the manifest places in ``shard`` (read only when a shard is found broken)."""
+    table = pq.read_table(os.path.join(root, MANIFEST), columns=["index", "shard"])
+    return table.column("index").filter(pc.equal(table.column("shard"), shard)).to_numpy()
+
+
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
@@ -54,6 +65,7 @@ def _seed(*parts: int) -> int:
 class StreamPlan:
     """Everything a worker needs to build its stream; picklable so it travels to workers."""
 
+    root: str
     shards: list[ShardEntry]
     member: np.ndarray  # bool mask by sample index
     label_map: np.ndarray  # stored label -> training label (data.classes re-indexing)
@@ -73,7 +85,9 @@ class StreamPlan:
     # ---- raw sample streams -------------------------------------------------------------------
 
     def _read(self, entry: ShardEntry, dropped: list) -> Iterator[dict]:
-        """Raw samples of the split from one shard; shard-level defects raise or are recorded."""
+        """Raw samples of the split from one shard; shard-level defects raise, or are recorded
+        with ``lost``: the split's samples of the shard that were not delivered."""
+        delivered = set()
         try:
             for raw in read_shard(entry.path, entry.total):
                 key = raw["__key__"]
@@ -81,11 +95,14 @@ class StreamPlan:
                 if not 0 <= index < len(self.member):
                     raise SampleError(entry.path, key, "__key__", "key is not a sample index of the manifest")
                 if self.member[index]:
+                    delivered.add(index)
                     yield raw
         except SampleError as err:
             if self.on_error == "raise":
                 raise
-            dropped.append(err.record())
+            indices = _shard_indices(self.root, os.path.relpath(entry.path, self.root))
+            lost = [sample_key(i) for i in indices if self.member[i] and i not in delivered]
+            dropped.append({**err.record(), "lost": lost})
 
     def epoch_shards(self, epoch: int, worker: int, num_workers: int) -> list[ShardEntry]:
         """This worker's shards for the epoch; the list is repeated when there are fewer shards
@@ -231,7 +248,7 @@ class EEGImageLoader:
         mean, std = self.manifest.eeg_stats(cfg.split_by) if cfg.normalize else (None, None)
         sos = bandpass_sos(*cfg.bandpass, float(self.manifest.info["sfreq"])) if cfg.bandpass else None
         self.plan = StreamPlan(
-            shards=shards,
+            root=str(cfg.root), shards=shards,
             member=self.manifest.membership(cfg.split_by, split),
             label_map=self.manifest.label_map,
             eeg_shape=(channels, time_points),

@@ -1,16 +1,37 @@
 """Resumable checkpoints (DeepSpeed engine state + per-rank loader/RNG state) and fp32 exports.
 
 Layout of ``<stage dir>/checkpoints``: one folder per tag (``step00000100``) holding DeepSpeed's
-files and ``client_rank<r>.pt`` per rank, and a ``latest`` file naming the newest *complete*
-tag. ``latest`` is written by rank 0 only after every rank has finished its part (a barrier), and
-atomically (write + rename), so a save killed half-way leaves it on the previous checkpoint.
+files, ``client_rank<r>.pt`` per rank and ``complete.json``, and a ``latest`` file naming the
+newest complete tag.
+
+A save commits only after every rank has written its part (a barrier): rank 0 records the
+folder's files and sizes in ``complete.json``, then points ``latest`` at the tag (write + rename).
+A save killed at any point before that leaves ``latest`` on the previous checkpoint. A tag whose
+files no longer match its ``complete.json`` (deleted, truncated, half-copied) is never loaded:
+resuming falls back to the newest complete tag before it, with a warning.
+
+A checkpoint written by another number of ranks is loaded through DeepSpeed's universal
+checkpoint: rank 0 converts the ZeRO-partitioned tag (``ds_to_universal``) into
+``checkpoints/universal/<tag>``, every rank loads it with ``checkpoint.load_universal``, and the
+conversion is deleted. The data loader then restarts the interrupted epoch and the per-rank
+random streams are reseeded (see docs/reliability.md).
+
+Fault injection for tests: ``EEG2IM_TEST_KILL_BEFORE_COMMIT=<step>`` makes rank 0 SIGKILL itself
+inside the save of that step, after every rank's files are written and before the commit.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
 import random
+import re
 import shutil
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +39,16 @@ import torch
 
 from .distributed import barrier
 
+log = logging.getLogger(__name__)
+
 LATEST = "latest"
+COMPLETE = "complete.json"
+UNIVERSAL = "universal"
+TAG = re.compile(r"step\d{8}")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed, with what to do about it."""
 
 
 def tag_for(step: int) -> str:
@@ -44,48 +74,161 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def reseed(*parts: int) -> None:
+    """Fresh python/numpy/torch streams derived from ``parts`` (e.g. seed, step, rank)."""
+    seed = int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def latest_tag(ckpt_dir: Path) -> str | None:
     path = Path(ckpt_dir) / LATEST
     return path.read_text().strip() if path.is_file() else None
 
 
-def save(engine, ckpt_dir: Path, step: int, rank: int, client: dict, keep: int) -> str:
-    """Collective: every rank must call it (DeepSpeed's save hangs if only rank 0 does)."""
+def read_client(path: Path) -> dict:
+    """A rank's client state: tensors and plain containers only, never arbitrary pickles."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save(engine, ckpt_dir: Path, step: int, rank: int, world_size: int, client: dict, keep: int,
+         extra: Callable[[Path], None] | None = None) -> str:
+    """Collective: every rank must call it (DeepSpeed's save hangs if only rank 0 does).
+    ``extra(tag_dir)`` writes further files into the checkpoint before it is committed."""
+    ckpt_dir = Path(ckpt_dir)
     tag = tag_for(step)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step}, save_latest=False)
-    torch.save({**client, "rng": rng_state()}, Path(ckpt_dir) / tag / f"client_rank{rank:04d}.pt")
+    torch.save({**client, "rng": rng_state()}, ckpt_dir / tag / f"client_rank{rank:04d}.pt")
+    if extra is not None:
+        extra(ckpt_dir / tag)
     barrier()
     if rank == 0:
-        tmp = Path(ckpt_dir) / (LATEST + ".tmp")
-        tmp.write_text(tag)
-        os.replace(tmp, Path(ckpt_dir) / LATEST)
-        _prune(Path(ckpt_dir), keep, tag)
+        if os.environ.get("EEG2IM_TEST_KILL_BEFORE_COMMIT") == str(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+        tag_dir = ckpt_dir / tag
+        files = {p.name: p.stat().st_size for p in sorted(tag_dir.iterdir()) if p.is_file() and p.name != COMPLETE}
+        for r in range(world_size):  # stat'ed by name: a shared filesystem may list other nodes' files late
+            name = f"client_rank{r:04d}.pt"
+            files[name] = (tag_dir / name).stat().st_size
+        _write_atomic(tag_dir / COMPLETE, json.dumps({"step": step, "world_size": world_size, "files": files},
+                                                     indent=1))
+        _write_atomic(ckpt_dir / LATEST, tag)
+        _prune(ckpt_dir, keep, tag)
     barrier()
     return tag
 
 
+def _tags(ckpt_dir: Path) -> list[str]:
+    return sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and TAG.fullmatch(p.name))
+
+
 def _prune(ckpt_dir: Path, keep: int, current: str) -> None:
-    tags = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
-    for name in tags[: max(0, len(tags) - keep)]:
+    """Keep the ``keep`` newest tags up to ``current``; later ones are leftovers of an interrupted
+    run that resumed from an earlier checkpoint."""
+    tags = _tags(ckpt_dir)
+    older = [t for t in tags if t <= current]
+    for name in older[: max(0, len(older) - keep)] + [t for t in tags if t > current]:
         if name != current:
             shutil.rmtree(ckpt_dir / name, ignore_errors=True)
 
 
-def load(engine, ckpt_dir: Path, rank: int) -> tuple[int, dict] | None:
-    """Restore the engine and this rank's client state from ``latest``; None if there is none."""
-    tag = latest_tag(ckpt_dir)
-    if tag is None:
+def problems(tag_dir: Path) -> list[str]:
+    """Why ``tag_dir`` is not a complete checkpoint (empty: it is)."""
+    try:
+        record = json.loads((tag_dir / COMPLETE).read_text())
+    except (OSError, ValueError):
+        return [f"{COMPLETE} missing or unreadable (the save did not finish)"]
+    found = []
+    for name, size in record["files"].items():
+        path = tag_dir / name
+        if not path.is_file():
+            found.append(f"{name} missing")
+        elif path.stat().st_size != size:
+            found.append(f"{name} has {path.stat().st_size} bytes, {size} when saved")
+    return found
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    tag: str
+    step: int
+    world_size: int  # the number of ranks that wrote it
+    partitioned: bool  # ZeRO-partitioned optimizer state: another world size needs the universal format
+
+
+def resume_point(ckpt_dir: Path) -> ResumePoint | None:
+    """The checkpoint to resume from: ``latest`` if it is complete, else the newest complete tag
+    before it (warning); None when there is no checkpoint at all."""
+    ckpt_dir = Path(ckpt_dir)
+    latest = latest_tag(ckpt_dir)
+    if latest is None:
         return None
-    client_path = Path(ckpt_dir) / tag / f"client_rank{rank:04d}.pt"
-    if not client_path.is_file():
-        raise FileNotFoundError(f"{client_path} is missing: checkpoint {tag} was written by a run with fewer "
-                                f"ranks; resume with the same world size")
-    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-    if path is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_dir}/{tag}")
-    client = torch.load(client_path, weights_only=True)
-    set_rng_state(client.pop("rng"))
-    return int(client_state["step"]), client
+    for tag in [latest] + [t for t in reversed(_tags(ckpt_dir)) if t < latest]:
+        found = problems(ckpt_dir / tag)
+        if not found:
+            record = json.loads((ckpt_dir / tag / COMPLETE).read_text())
+            partitioned = any(name.endswith("optim_states.pt") for name in record["files"])
+            return ResumePoint(tag, int(record["step"]), int(record["world_size"]), partitioned)
+        log.warning("checkpoint %s is incomplete (%s); trying the one before it", ckpt_dir / tag, "; ".join(found))
+    raise CheckpointError(f"{ckpt_dir} holds no complete checkpoint (latest names {latest}); delete {ckpt_dir.parent} "
+                          f"to train the stage afresh, or run without --resume")
+
+
+def needs_universal(point: ResumePoint, world_size: int) -> bool:
+    """Whether loading ``point`` at ``world_size`` ranks goes through DeepSpeed's universal format
+    (the engine must then be built with ``checkpoint.load_universal``)."""
+    return point.world_size != world_size and point.partitioned
+
+
+def _to_universal(src: Path, dst: Path) -> None:
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    # in-process and serial (no worker pool): the ranks already occupy the machine
+    ds_to_universal(argparse.Namespace(input_folder=str(src), output_folder=str(dst), num_extract_workers=1,
+                                       num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                       inject_missing_state=True))
+
+
+def load(engine, ckpt_dir: Path, point: ResumePoint, rank: int, world_size: int, seed: int) -> dict:
+    """Restore the engine and this rank's client state (its loader position) from ``point``.
+
+    At the world size that wrote it, the RNG states are restored too; at another one, the
+    optimizer state comes through the universal format and the random streams are reseeded
+    from (seed, step, rank)."""
+    ckpt_dir = Path(ckpt_dir)
+    load_dir, same = ckpt_dir, point.world_size == world_size
+    if not same:
+        log.warning("checkpoint %s was written by %d ranks, resuming with %d: %s", point.tag, point.world_size,
+                    world_size, "converting it to DeepSpeed's universal format" if point.partitioned else
+                    "its optimizer state is not partitioned and loads as is")
+        if needs_universal(point, world_size):
+            load_dir = ckpt_dir / UNIVERSAL
+            if rank == 0:
+                _to_universal(ckpt_dir / point.tag, load_dir / point.tag)
+            barrier()
+    path, client_state = engine.load_checkpoint(str(load_dir), tag=point.tag)
+    if path is None or int(client_state["step"]) != point.step:
+        raise CheckpointError(f"DeepSpeed could not load checkpoint {load_dir / point.tag}")
+    barrier()
+    if load_dir != ckpt_dir and rank == 0:
+        shutil.rmtree(load_dir, ignore_errors=True)
+    own = ckpt_dir / point.tag / f"client_rank{rank:04d}.pt"
+    client = read_client(own if own.is_file() else ckpt_dir / point.tag / "client_rank0000.pt")
+    rng = client.pop("rng")
+    if same:
+        set_rng_state(rng)
+    else:
+        reseed(seed, point.step, rank)
+    return client
 
 
 def consolidated_state_dict(engine, ckpt_dir: Path, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:

@@ -58,9 +58,35 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
     return info
 
 
+def bound_every_group(timeout_s: int) -> None:
+    """Give every process group formed so far the collective timeout. DeepSpeed forms its own
+    groups (ZeRO's data-parallel copy of the world) with torch's default, 30 minutes on gloo, so a
+    hung peer would stall them that long; call this after ``deepspeed.initialize``."""
+    for group in list(dist.distributed_c10d._world.pg_map):  # no public listing of the groups
+        dist.set_timeout(timedelta(seconds=timeout_s), group)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (one decision, e.g. which checkpoint to resume, for all)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

@@ -49,9 +49,21 @@ def build_deepspeed_config(train: TrainConfig, stage: StageConfig, micro_batch: 
         path = Path(train.deepspeed_config)
         if not path.is_file():
             raise ConfigError(f"train.deepspeed_config: file not found: {path}")
-        config = merge_dicts(config, json.loads(path.read_text()))
-        expected = config["train_micro_batch_size_per_gpu"] * config["gradient_accumulation_steps"] * world_size
+        try:
+            config = merge_dicts(config, json.loads(path.read_text()))
+        except ValueError as exc:
+            raise ConfigError(f"train.deepspeed_config: {path} is not valid JSON ({exc})") from None
+        # the loader batches data.batch_size samples and the loop accumulates train.grad_accum of them:
+        # the JSON may not say otherwise, or DeepSpeed would scale and log another batch than it gets
+        for key, knob, value in (("train_micro_batch_size_per_gpu", "data.batch_size", micro_batch),
+                                 ("gradient_accumulation_steps", "train.grad_accum", train.grad_accum)):
+            if config[key] != value:
+                raise ConfigError(f"{path}: {key} {config[key]} contradicts {knob}={value}; remove {key} from the "
+                                  f"JSON and set {knob}={config[key]} instead")
+        expected = micro_batch * train.grad_accum * world_size
         if config["train_batch_size"] != expected:
-            raise ConfigError(f"{path}: train_batch_size {config['train_batch_size']} != micro batch × accumulation × "
-                              f"world size = {expected}")
+            raise ConfigError(f"{path}: train_batch_size {config['train_batch_size']} is impossible with "
+                              f"data.batch_size={micro_batch} × train.grad_accum={train.grad_accum} × {world_size} "
+                              f"ranks = {expected}; remove train_batch_size from the JSON (it is derived), or change "
+                              f"data.batch_size / train.grad_accum / the number of ranks to match it")
     return config

@@ -2,6 +2,11 @@
 
 It orchestrates and does not compute: the stage object (``stages.py``) owns the model and its
 loss; the loader owns data order and position; ``checkpoint`` owns persistence.
+
+Besides ``stats.jsonl``, a stage directory holds ``samples/rank<r>.jsonl`` (which samples each
+rank consumed at each step, and which it dropped) and, once the stage ends, ``dropped.json`` (every
+sample left out under ``data.on_error: skip``, with the reason). Resuming cuts both logs back to
+the checkpoint, so they describe exactly the run the final weights come from.
 """
 
 from __future__ import annotations
@@ -21,9 +26,22 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.loader import EEGImageLoader
 from . import checkpoint
-from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier
+from .distributed import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    bound_every_group,
+    broadcast_object,
+    gather_objects,
+)
 from .ds_config import build_deepspeed_config
-from .metrics import MetricsWriter, peak_memory_mib, reset_peak_memory, training_flops_per_sample
+from .metrics import (
+    MetricsWriter,
+    peak_memory_mib,
+    reset_peak_memory,
+    training_flops_per_sample,
+)
 from .stages import Stage, build_stage, stage_dir
 
 log = logging.getLogger(__name__)
@@ -63,9 +81,14 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
         log.info("stage %s already finished (%s); skipping", name, final)
         return final
     stage_cfg = cfg.train.stage_config(name)
-    if not resume and dist.is_main and out.exists():
-        log.warning("%s exists: training stage %s afresh (pass --resume to continue it instead)", out, name)
-        shutil.rmtree(out)  # no stale checkpoints, stats or exports mixed into the new run
+    ckpt_dir = out / "checkpoints"
+    point = _resume_point(ckpt_dir, dist) if resume else None
+    if point is None and dist.is_main:
+        if resume:
+            log.warning("--resume, but %s holds no checkpoint: training stage %s from its start", ckpt_dir, name)
+        elif out.exists():
+            log.warning("%s exists: training stage %s afresh (pass --resume to continue it instead)", out, name)
+        shutil.rmtree(out, ignore_errors=True)  # no stale checkpoints, stats or exports mixed into the new run
     barrier()
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (ZeRO-3 partitions local copies)
     dtype = compute_dtype(cfg)
@@ -75,19 +98,27 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
     loader = EEGImageLoader(cfg.data, "train", rank=dist.rank, world_size=dist.world_size)
     ds_config = build_deepspeed_config(cfg.train, stage_cfg, cfg.data.batch_size, dist.world_size,
                                        dist.device.type == "cuda")
+    if point is not None and checkpoint.needs_universal(point, dist.world_size):
+        ds_config["checkpoint"] = {"load_universal": True}
     engine, _, _, _ = deepspeed.initialize(model=stage.module, config=ds_config,
                                            model_parameters=[p for p in stage.module.parameters() if p.requires_grad])
+    bound_every_group(cfg.train.collective_timeout_s)
     stage.attach(engine)
     torch.manual_seed(cfg.train.seed + 1 + dist.rank)  # per-rank noise, dropout and CFG masks
-    ckpt_dir = out / "checkpoints"
     step = 0
-    if resume and (restored := checkpoint.load(engine, ckpt_dir, dist.rank)) is not None:
-        step, client = restored
+    if point is not None:
+        client = checkpoint.load(engine, ckpt_dir, point, dist.rank, dist.world_size, cfg.train.seed)
+        step = point.step
         loader.load_state_dict(client["loader"])
-        stage.load_extra_state(ckpt_dir / checkpoint.latest_tag(ckpt_dir))
+        stage.load_extra_state(ckpt_dir / point.tag)
+        if dist.is_main:
+            for path in [out / "stats.jsonl", *sorted((out / "samples").glob("rank*.jsonl"))]:
+                _cut_jsonl(path, step)  # steps after the checkpoint are about to be redone
         log.info("stage %s resumed at step %d (epoch %d, batch %d)", name, step, loader.state.epoch,
                  loader.state.batches_done)
-    metrics = MetricsWriter(out, dist.is_main, append=resume)
+    barrier()
+    samples = SampleLog(out / "samples" / f"rank{dist.rank:04d}.jsonl", loader)
+    metrics = MetricsWriter(out, dist.is_main, append=point is not None)
     reset_peak_memory(dist.device)  # each stage reports its own high-water mark
     if dist.is_main:
         log.info("stage %s: %d steps, global batch %d, %d samples/epoch, ZeRO-%s, %s", name, stage_cfg.steps,
@@ -104,7 +135,9 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
     engine.train()
     while step < stage_cfg.steps and step != halt_at:
         tick = time.perf_counter()
-        batch = move_batch(next(batches), dist.device, dtype)
+        batch = next(batches)
+        samples.write(engine.global_steps + 1, batch["key"])
+        batch = move_batch(batch, dist.device, dtype)
         fetched = time.perf_counter()
         if flops_per_sample is None:
             flops_per_sample = training_flops_per_sample(partial(engine, batch),
@@ -125,19 +158,20 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
             _log_window(metrics, step, window, engine, flops_per_sample, dist, loader)
             window = _new_window()
         if step % cfg.train.checkpoint_every == 0 or step in (stage_cfg.steps, halt_at):
-            tag = checkpoint.save(engine, ckpt_dir, step, dist.rank, {"loader": loader.state_dict()},
-                                  cfg.train.keep_checkpoints)
-            stage.save_extra_state(ckpt_dir / tag, dist.is_main)
+            checkpoint.save(engine, ckpt_dir, step, dist.rank, dist.world_size, {"loader": loader.state_dict()},
+                            cfg.train.keep_checkpoints, extra=partial(stage.save_extra_state, is_main=dist.is_main))
     progress.close()
     metrics.close()
+    samples.close()
     if step < stage_cfg.steps:
         log.info("stage %s halted at step %d of %d (train.halt_after); continue with --resume", name, step,
                  stage_cfg.steps)
         return None
-    validation = validate(cfg, engine, dist, dtype)
+    validation, val_dropped = validate(cfg, engine, dist, dtype)
     if dist.is_main:
         (out / "validation.json").write_text(json.dumps(validation, indent=1))
         log.info("stage %s validation: %s", name, validation)
+    _report_dropped(out, dist, val_dropped)
     _export(cfg, stage, engine, ckpt_dir, dist, final)
     return final
 
@@ -155,9 +189,86 @@ def _accumulate(window: dict, terms: dict, samples: int, data_s: float, compute_
         window["loss_sum"][key] = window["loss_sum"].get(key, 0.0) + value.detach().float()
 
 
+def _resume_point(ckpt_dir: Path, dist: DistInfo) -> checkpoint.ResumePoint | None:
+    """Rank 0 picks the checkpoint and every rank follows it (or raises its error)."""
+    found = None
+    if dist.is_main:
+        try:
+            found = checkpoint.resume_point(ckpt_dir)
+        except checkpoint.CheckpointError as exc:
+            found = exc
+    found = broadcast_object(found)
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
+def _cut_jsonl(path: Path, step: int) -> None:
+    """Keep the records of steps up to ``step`` (and drop a line cut off by a kill)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
+class SampleLog:
+    """One JSON line per micro-batch a rank consumes: the optimizer step it feeds, the loader's
+    epoch, its sample keys, and the samples dropped while assembling it (``data.on_error: skip``).
+    Line-buffered, so a killed rank loses at most the line it was writing."""
+
+    def __init__(self, path: Path, loader: EEGImageLoader):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115 (held for the stage; close() ends it)
+        self._loader, self._reported = loader, 0
+
+    def write(self, step: int, keys: list[str]) -> None:
+        record = {"step": step, "epoch": self._loader.state.epoch, "keys": list(keys)}
+        if len(self._loader.dropped) > self._reported:
+            record["dropped"] = self._loader.dropped[self._reported:]
+            self._reported = len(self._loader.dropped)
+        self._file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _report_dropped(out: Path, dist: DistInfo, val_dropped: list[dict]) -> None:
+    """``dropped.json``: every sample the stage left out, once per (split, key, field), from the
+    ranks' sample logs (training) and validation; a broken shard contributes each sample of the
+    split that it did not deliver."""
+    gathered = gather_objects(val_dropped)
+    barrier()  # every rank's sample log is closed
+    if not dist.is_main:
+        return
+    records = [("train", d) for path in sorted((out / "samples").glob("rank*.jsonl"))
+               for line in path.read_text().splitlines() for d in json.loads(line).get("dropped", [])]
+    records += [("val", d) for rank_records in gathered for d in rank_records]
+    found = {}
+    for split, d in records:
+        for key in d["lost"] if "lost" in d else [d["key"]]:  # a broken shard: the split's samples it lost
+            problem = d["problem"] if key == d["key"] else f"not read: the shard breaks at sample {d['key']} ({d['problem']})"
+            found[(split, key, d["field"])] = {"key": key, "split": split, "shard": d["shard"], "field": d["field"],
+                                               "problem": problem}
+    order = sorted(found, key=lambda k: (k[0], k[1] or "", k[2]))
+    report = {"keys": sorted({k for _, k, _ in found if k is not None}), "samples": [found[k] for k in order]}
+    (out / "dropped.json").write_text(json.dumps(report, indent=1))
+    if report["samples"]:
+        log.warning("stage %s left out %d samples (data.on_error=skip); they are listed in %s", out.name,
+                    len(report["keys"]), out / "dropped.json")
+
+
 @torch.no_grad()
-def validate(cfg: Config, engine, dist: DistInfo, dtype: torch.dtype) -> dict:
-    """Mean loss terms over the validation split, every sample once across ranks.
+def validate(cfg: Config, engine, dist: DistInfo, dtype: torch.dtype) -> tuple[dict, list[dict]]:
+    """Mean loss terms over the validation split, every sample once across ranks, and this rank's
+    dropped validation samples.
 
     Ranks hold different numbers of validation batches; under ZeRO-3 every forward is a
     collective, so ranks that run out repeat their last batch with weight 0 until all are done.
@@ -182,7 +293,8 @@ def validate(cfg: Config, engine, dist: DistInfo, dtype: torch.dtype) -> dict:
     engine.train()
     names = sorted(sums)
     totals = all_reduce_sum(torch.tensor([sums[n] for n in names] + [weight_total], dtype=torch.float64)).tolist()
-    return {"samples": int(totals[-1]), **{n: totals[i] / max(totals[-1], 1) for i, n in enumerate(names)}}
+    return ({"samples": int(totals[-1]), **{n: totals[i] / max(totals[-1], 1) for i, n in enumerate(names)}},
+            loader.dropped)
 
 
 def _log_window(metrics: MetricsWriter, step: int, window: dict, engine, flops_per_sample: float,
