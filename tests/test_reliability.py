@@ -114,7 +114,13 @@ def wait_for_checkpoint(run_dir: Path, procs: list[subprocess.Popen], timeout: f
 
 def worker(agent: subprocess.Popen, rank: int) -> psutil.Process:
     """The training process of ``rank`` that the torchrun ``agent`` started."""
-    found = [p for p in psutil.Process(agent.pid).children(recursive=True) if p.environ().get("RANK") == str(rank)]
+    found = []
+    for proc in psutil.Process(agent.pid).children(recursive=True):
+        try:
+            if proc.environ().get("RANK") == str(rank):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue  # a short-lived helper
     assert len(found) == 1, found
     return found[0]
 
@@ -202,7 +208,7 @@ def test_hung_rank_makes_the_others_time_out_instead_of_hanging(corpus, tmp_path
     worker(nodes[1], rank=1).send_signal(signal.SIGSTOP)
     elapsed = wait_all(nodes[:1], timeout=timeout_s + 60)
     assert nodes[0].returncode != 0
-    assert timeout_s - 1 < elapsed < timeout_s + 30
+    assert timeout_s / 2 < elapsed < timeout_s + 30  # (rank 0 may have been waiting already when rank 1 stopped)
     log = node_log(run_dir, 0)
     assert "train: error: rank 0 lost its peers" in log and "Timed out" in log, log[-3000:]
 
