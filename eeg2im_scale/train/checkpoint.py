@@ -104,6 +104,8 @@ def save(engine, ckpt_dir: Path, step: int, rank: int, world_size: int, client: 
     ``extra(tag_dir)`` writes further files into the checkpoint before it is committed."""
     ckpt_dir = Path(ckpt_dir)
     tag = tag_for(step)
+    # re-saving a step (after resuming from an earlier checkpoint) uncommits it before any file changes
+    (ckpt_dir / tag / COMPLETE).unlink(missing_ok=True)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step}, save_latest=False)
     torch.save({**client, "rng": rng_state()}, ckpt_dir / tag / f"client_rank{rank:04d}.pt")
     if extra is not None:
@@ -142,11 +144,11 @@ def _prune(ckpt_dir: Path, keep: int, current: str) -> None:
 def problems(tag_dir: Path) -> list[str]:
     """Why ``tag_dir`` is not a complete checkpoint (empty: it is)."""
     try:
-        record = json.loads((tag_dir / COMPLETE).read_text())
-    except (OSError, ValueError):
+        files = json.loads((tag_dir / COMPLETE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
         return [f"{COMPLETE} missing or unreadable (the save did not finish)"]
     found = []
-    for name, size in record["files"].items():
+    for name, size in files.items():
         path = tag_dir / name
         if not path.is_file():
             found.append(f"{name} missing")
