@@ -68,3 +68,39 @@ def test_corrupt_header_and_extension_headers(tmp_path):
     with pytest.raises(TarFormatError) as err:
         _read(pax)
     assert err.value.unsupported
+
+
+def test_read_shard_falls_back_to_tarfile_for_extension_headers_and_skips_other_splits(tmp_path):
+    """A shard from another tool with PAX headers (here from the second member on) reads as
+    tarfile reads it; samples ``keep`` rejects are counted for the truncation check, not yielded."""
+    from eeg2im_scale.data.format import read_shard
+
+    members = {f"{k:09d}.{field}": f"{k}{field}".encode() for k in range(3) for field in ("json", "png")}
+    plain, pax = tmp_path / "plain.tar", tmp_path / "pax.tar"
+    plain.write_bytes(_archive(members))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for n, (name, data) in enumerate(members.items()):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0.5 if n else 0
+            tar.addfile(info, io.BytesIO(data))
+    pax.write_bytes(buffer.getvalue())
+    for path in (plain, pax):
+        samples = list(read_shard(path, expected_count=3, keep=lambda key: key != "000000001"))
+        assert [s["__key__"] for s in samples] == ["000000000", "000000002"]
+        assert samples[1]["png"] == b"2png" and samples[0]["json"] == b"0json"
+
+
+def test_a_cut_inside_a_sample_keeps_the_samples_before_it_and_names_it(tmp_path):
+    from eeg2im_scale.data.format import SampleError, read_shard
+
+    members = {f"{k:09d}.{field}": bytes(700) for k in range(3) for field in ("json", "png")}
+    path = tmp_path / "cut.tar"
+    path.write_bytes(_archive(members)[: 4 * 3 * BLOCK + BLOCK + 100])  # inside 000000002.json's data
+    for keep, expected in ((None, ["000000000", "000000001"]), (lambda key: key != "000000001", ["000000000"])):
+        delivered = []
+        with pytest.raises(SampleError) as err:
+            for sample in read_shard(path, 3, keep=keep):
+                delivered.append(sample["__key__"])
+        assert delivered == expected
+        assert (err.value.key, err.value.field) == ("000000002", "tar")

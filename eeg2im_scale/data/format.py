@@ -9,15 +9,18 @@ table. Every decoding problem becomes a :class:`SampleError` naming shard, key a
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .tario import TarFormatError, iter_members
 
 KEY_DIGITS = 9
 IMAGE_FIELDS = ("png", "jpg", "jpeg")
@@ -101,9 +104,10 @@ def decode_sample(raw: dict, shard: str, eeg_shape: tuple[int, int]) -> Decoded:
     if not np.issubdtype(eeg.dtype, np.floating):
         raise SampleError(shard, key, "eeg.npy", f"dtype {eeg.dtype}, expected a float type")
     eeg = torch.from_numpy(eeg).float()  # torch's float16 conversion is vectorised, numpy's is not (~15x)
-    finite = torch.isfinite(eeg)
-    if not finite.all():
-        raise SampleError(shard, key, "eeg.npy", f"{int((~finite).sum())} NaN/Inf values")
+    if not torch.isfinite(eeg.sum()):  # a NaN/Inf makes the sum non-finite; one pass, no mask tensor
+        bad = int((~torch.isfinite(eeg)).sum())
+        if bad:
+            raise SampleError(shard, key, "eeg.npy", f"{bad} NaN/Inf values")
 
     image_field = next((f for f in IMAGE_FIELDS if f in raw), None)
     if image_field is None:
@@ -126,40 +130,72 @@ def decode_sample(raw: dict, shard: str, eeg_shape: tuple[int, int]) -> Decoded:
     return Decoded(key=key, eeg=eeg, image=image, meta=meta)
 
 
-def read_shard(path: str | Path, expected_count: int | None = None) -> Iterator[dict]:
+def read_shard(path: str | Path, expected_count: int | None = None,
+               keep: Callable[[str], bool] | None = None) -> Iterator[dict]:
     """Stream raw samples (``{"__key__", "__url__", field: bytes}``) from one tar shard.
 
-    A truncated or corrupt tar raises :class:`SampleError` with field ``tar``; so does a shard that
-    ends cleanly but holds fewer samples than the manifest says (a tar cut at a member boundary).
+    Samples whose key ``keep`` rejects (another split's) are counted but neither read nor
+    yielded: their bytes are skipped. A truncated or corrupt tar raises :class:`SampleError` with
+    field ``tar``; so does a shard that ends cleanly but holds fewer samples than the manifest
+    says (a tar cut at a member boundary).
     """
     shard = str(path)
-    current: dict | None = None
-    last_key = None
+    current: dict | None = None  # the sample being assembled; None while skipping one
+    current_key = last_key = None
     count = 0
     try:
-        with open(path, "rb") as fileobj, tarfile.open(fileobj=fileobj, mode="r|") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                name = info.name.rsplit("/", 1)[-1]
-                key, _, field = name.partition(".")
-                if current is not None and key != current["__key__"]:
+        for name, data in _members(path, keep):
+            key, field = _key_of(name), name.rsplit("/", 1)[-1].partition(".")[2]
+            if key != current_key:
+                if current is not None:
                     yield current
+                if current_key is not None:
                     count += 1
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__url__": shard}
-                data = tar.extractfile(info).read()
-                if len(data) != info.size:  # stream mode returns short reads silently
-                    raise tarfile.ReadError(f"member {info.name} has {len(data)} of {info.size} bytes")
+                current_key = key
+                current = None if data is None else {"__key__": key, "__url__": shard}
+            if current is not None:
                 current[field.lower()] = data
-                last_key = key
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        key = current["__key__"] if current else last_key
-        raise SampleError(shard, key, "tar", f"truncated or corrupt shard ({exc})") from None
-    short = expected_count is not None and count + (current is not None) < expected_count
-    if short:  # cut at a member boundary: the last sample may lack members, so it is not trusted
+            last_key = key
+    except (TarFormatError, tarfile.TarError, EOFError, OSError) as exc:
+        failed_key = _key_of(exc.member) if isinstance(exc, TarFormatError) and exc.member else None
+        if failed_key not in (None, current_key):  # the next sample's header was intact:
+            if current is not None:  # this one is complete
+                yield current
+            current_key = failed_key
+        raise SampleError(shard, current_key or last_key, "tar", f"truncated or corrupt shard ({exc})") from None
+    if expected_count is not None and count + (current_key is not None) < expected_count:
+        # cut at a member boundary: the last sample may lack members, so it is not trusted
         raise SampleError(shard, last_key, "tar", f"truncated shard: it ends in this sample, the "
                                                   f"{count + 1}th of {expected_count}")
     if current is not None:
         yield current
+
+
+def _key_of(member_name: str) -> str:
+    return member_name.rsplit("/", 1)[-1].partition(".")[0]
+
+
+def _members(path: str | Path, keep: Callable[[str], bool] | None) -> Iterator[tuple[str, bytes | None]]:
+    """``(name, data or None)`` of the shard's regular members: :func:`tario.iter_members`, or
+    ``tarfile`` from where that stopped for tars with PAX/GNU extension headers (not written here)."""
+    wanted = (lambda name: keep(_key_of(name))) if keep else (lambda name: True)
+    done = 0
+    try:
+        with open(path, "rb") as fileobj:
+            for member in iter_members(fileobj, wanted):
+                done += 1
+                yield member
+        return
+    except TarFormatError as exc:
+        if not exc.unsupported:
+            raise
+    with open(path, "rb") as fileobj, tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        regular = (info for info in tar if info.isreg())
+        for info in itertools.islice(regular, done, None):
+            if not wanted(info.name):
+                yield info.name, None
+                continue
+            data = tar.extractfile(info).read()
+            if len(data) != info.size:  # stream mode returns short reads silently
+                raise tarfile.ReadError(f"member {info.name} has {len(data)} of {info.size} bytes")
+            yield info.name, data

@@ -88,15 +88,17 @@ class StreamPlan:
         """Raw samples of the split from one shard; shard-level defects raise, or are recorded
         with ``lost``: the split's samples of the shard that were not delivered."""
         delivered = set()
+
+        def in_split(key: str) -> bool:
+            index = int(key) if key.isdigit() else -1
+            if not 0 <= index < len(self.member):
+                raise SampleError(entry.path, key, "__key__", "key is not a sample index of the manifest")
+            return bool(self.member[index])
+
         try:
-            for raw in read_shard(entry.path, entry.total):
-                key = raw["__key__"]
-                index = int(key) if key.isdigit() else -1
-                if not 0 <= index < len(self.member):
-                    raise SampleError(entry.path, key, "__key__", "key is not a sample index of the manifest")
-                if self.member[index]:
-                    delivered.add(index)
-                    yield raw
+            for raw in read_shard(entry.path, entry.total, keep=in_split):
+                delivered.add(int(raw["__key__"]))
+                yield raw
         except SampleError as err:
             if self.on_error == "raise":
                 raise

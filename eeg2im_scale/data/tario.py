@@ -22,11 +22,15 @@ _EXTENSIONS = (b"x", b"g", b"L", b"K")  # PAX and GNU long-name headers: left to
 
 
 class TarFormatError(Exception):
-    """The shard is truncated or corrupt, or uses a tar feature this reader leaves to ``tarfile``."""
+    """The shard is truncated or corrupt, or uses a tar feature this reader leaves to ``tarfile``.
 
-    def __init__(self, message: str, unsupported: bool = False):
+    ``member`` names the member whose (intact) header was read when its data failed: every member
+    before it is complete."""
+
+    def __init__(self, message: str, unsupported: bool = False, member: str | None = None):
         super().__init__(message)
         self.unsupported = unsupported
+        self.member = member
 
 
 def _octal(field: bytes, what: str, name: str) -> int:
@@ -82,7 +86,7 @@ def iter_members(fileobj: BinaryIO, wanted: Callable[[str], bool] = lambda name:
             continue
         data = fileobj.read(size)
         if len(data) != size:
-            raise TarFormatError(f"member {name} has {len(data)} of {size} bytes")
+            raise TarFormatError(f"member {name} has {len(data)} of {size} bytes", member=name)
         _skip(fileobj, padding, end, name)
         yield name, data
 
@@ -90,4 +94,4 @@ def iter_members(fileobj: BinaryIO, wanted: Callable[[str], bool] = lambda name:
 def _skip(fileobj: BinaryIO, count: int, end: int, name: str) -> None:
     """Seek past ``count`` bytes; seeking beyond the end does not fail, so the end is checked."""
     if count and fileobj.seek(count, 1) > end:
-        raise TarFormatError(f"member {name} is cut off by the end of the file")
+        raise TarFormatError(f"member {name} is cut off by the end of the file", member=name)
