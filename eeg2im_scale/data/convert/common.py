@@ -148,6 +148,31 @@ def load_cached(loader: Callable, path, *args):
     return _cached(loader, str(path), (stat.st_mtime_ns, stat.st_size), args)
 
 
+@dataclass(frozen=True)
+class TorchTrialReader:
+    """One trial's EEG, windowed, from a torch release file holding ``{"dataset": [{field: tensor}]}``
+    (both EEG-ImageNet releases); picklable, so shard-writer processes can read trials themselves."""
+
+    field: str
+    window: tuple[int, int]
+
+    def __call__(self, ref: tuple) -> np.ndarray:
+        path, i = ref
+        eeg = load_cached(load_torch, path)["dataset"][i][self.field]
+        return eeg[:, self.window[0]:self.window[1]].float().numpy()
+
+
+def as_int(value) -> int | None:
+    """A Python int, or a one-element integer tensor (as some re-saved copies hold), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if hasattr(value, "numel") and value.numel() == 1 and not value.is_floating_point():
+        return int(value.item())
+    return None
+
+
 # --- EEG helpers --------------------------------------------------------------------------------
 
 def placeholder_channels(n: int) -> list[str]:

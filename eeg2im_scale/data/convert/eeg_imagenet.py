@@ -8,30 +8,17 @@ file holding ``splits``: six {train, val, test} lists of dataset indices.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..writer import CorpusInfo
-from .common import (ConvertError, ConvertOptions, Trial, drop_reason, find_image, load_cached, load_torch,
-                     placeholder_channels, require_keys, select_classes, write_trials)
+from .common import (ConvertError, ConvertOptions, TorchTrialReader, Trial, as_int, drop_reason, find_image,
+                     load_cached, load_torch, placeholder_channels, require_keys, select_classes, write_trials)
 
 SFREQ = 1000.0
 LENGTH_BOUNDS = (450, 600)  # what the release's own loaders keep
 SPLIT_NAMES = ("train", "val", "test")
-
-
-def _int(value) -> int | None:
-    """A Python int, or a one-element integer tensor (as some re-saved copies hold), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if hasattr(value, "numel") and value.numel() == 1 and not value.is_floating_point():
-        return int(value.item())
-    return None
 
 
 def _check_trial(path, i: int, entry, n_labels: int, n_images: int, channels: int | None) -> tuple[int, int, int, int]:
@@ -49,7 +36,7 @@ def _check_trial(path, i: int, entry, n_labels: int, n_images: int, channels: in
                                  f"like dataset[0]", where, "eeg")
     values = {}
     for field, limit in (("label", n_labels), ("image", n_images), ("subject", None)):
-        value = _int(entry[field])
+        value = as_int(entry[field])
         if value is None or value < 0 or (limit is not None and value >= limit):
             bound = f"an integer index into the {limit} {field}s" if limit is not None else "a non-negative integer"
             raise ConvertError(path, f"{entry[field]!r} is not {bound}", where, field)
@@ -72,22 +59,13 @@ def _release_splits(path, split_index: int, n_trials: int) -> dict[int, str]:
     split_of: dict[int, str] = {}
     for name in SPLIT_NAMES:
         for pos, value in enumerate(splits[split_index][name]):
-            i, at = _int(value), f"{where}[{name!r}][{pos}]"
+            i, at = as_int(value), f"{where}[{name!r}][{pos}]"
             if i is None or not 0 <= i < n_trials:
                 raise ConvertError(path, f"{value!r} is not an index into the {n_trials} trials", at)
             if split_of.setdefault(i, name) != name:
                 raise ConvertError(path, f"trial {i} is in both {split_of[i]!r} and {name!r}", at)
     return split_of
 
-
-@dataclass(frozen=True)
-class _Reader:
-    window: tuple[int, int]
-
-    def __call__(self, ref: tuple) -> np.ndarray:
-        path, i = ref
-        eeg = load_cached(load_torch, path)["dataset"][i]["eeg"]
-        return eeg[:, self.window[0]:self.window[1]].float().numpy()
 
 
 def convert_eeg_imagenet(eeg: str | Path, splits: str | Path, images: str | Path, opts: ConvertOptions, *,
@@ -145,4 +123,4 @@ def convert_eeg_imagenet(eeg: str | Path, splits: str | Path, images: str | Path
     )
     if subset:
         info.extra["class_subset"] = subset
-    return write_trials(trials, info, _Reader(window), opts)
+    return write_trials(trials, info, TorchTrialReader("eeg", window), opts)

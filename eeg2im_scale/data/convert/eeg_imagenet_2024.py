@@ -33,7 +33,9 @@ from ..writer import CorpusInfo
 from .common import (
     ConvertError,
     ConvertOptions,
+    TorchTrialReader,
     Trial,
+    as_int,
     drop_reason,
     find_image,
     load_cached,
@@ -42,7 +44,6 @@ from .common import (
     select_classes,
     write_trials,
 )
-from .eeg_imagenet import _int
 
 SFREQ = 1000.0
 CHANNELS = ["FP1", "FPZ", "FP2", "AF3", "AF4", "F7", "F5", "F3", "F1", "FZ", "F2", "F4", "F6", "F8", "FT7", "FC5",
@@ -80,7 +81,7 @@ def _check_trial(path, i: int, entry, label_of: dict[str, int]) -> _Source:
     granularity = entry["granularity"]
     if granularity not in GRANULARITIES:
         raise ConvertError(path, f"{granularity!r} is not one of {GRANULARITIES}", where, "granularity")
-    subject = _int(entry["subject"])
+    subject = as_int(entry["subject"])
     if subject is None or subject < 0:
         raise ConvertError(path, f"{entry['subject']!r} is not a non-negative integer", where, "subject")
     label = entry["label"]
@@ -148,15 +149,6 @@ def _val_images(sources: list[_Source], split_of: dict[tuple, str], fraction: fl
         chosen.update(images[j] for j in rng.permutation(len(images))[:n])
     return chosen
 
-
-@dataclass(frozen=True)
-class _Reader:
-    window: tuple[int, int]
-
-    def __call__(self, ref: tuple) -> np.ndarray:
-        path, i = ref
-        eeg = load_cached(load_torch, path)["dataset"][i]["eeg_data"]
-        return eeg[:, self.window[0]:self.window[1]].float().numpy()
 
 
 def convert_eeg_imagenet_2024(eeg: str | Path | Sequence[str | Path], images: str | Path, opts: ConvertOptions, *,
@@ -240,4 +232,4 @@ def convert_eeg_imagenet_2024(eeg: str | Path | Sequence[str | Path], images: st
     )
     if subset_record:
         info.extra["class_subset"] = subset_record
-    return write_trials(trials, info, _Reader(window), opts)
+    return write_trials(trials, info, TorchTrialReader("eeg_data", window), opts)
