@@ -53,7 +53,10 @@ average of ~5 from other jobs on the 2 cores (three launcher start-ups of ~16 s 
 it); its numbers are meaningless (the variants barely differ after 2 steps), it only checks the
 pipeline end to end.
 
-Run ``python benchmarks/ablation.py --out results.json [--seeds 0 1 2] [--nproc 2] [key=value ...]``
+``--resume`` keeps the evaluated runs already in ``--out`` (same mode, ``--work-dir`` and resolved
+config) and runs only the others, so the seeds can be spread over several sittings.
+
+Run ``python benchmarks/ablation.py --out results.json [--seeds 0 1 2] [--nproc 2] [--resume] [key=value ...]``
 (overrides apply to all three configs; ``data.root``, ``run_dir``, ``train.stage`` and the seeds
 are set by the script).
 """
@@ -124,6 +127,7 @@ class Plan:
     work_dir: Path
     quick: bool
     user_overrides: list[str]
+    resume: bool = False
 
     @property
     def omp_threads(self) -> int:
@@ -450,6 +454,21 @@ def write_json(path: Path, result: dict) -> None:
     tmp.replace(path)
 
 
+def finished_runs(out: Path, result: dict) -> dict:
+    """The evaluated runs of an earlier ``--out`` made with the same mode, corpus and resolved
+    config (``--resume``): a long ablation can then be extended seed by seed across sessions."""
+    if not out.is_file():
+        return {}
+    earlier = json.loads(out.read_text())
+    same = (earlier.get("mode") == result["mode"]
+            and earlier["settings"]["corpus"]["root"] == result["settings"]["corpus"]["root"]
+            and earlier["configs"]["resolved_multilevel"] == result["configs"]["resolved_multilevel"]
+            and earlier["configs"]["differences"] == result["configs"]["differences"])
+    if not same:
+        raise SystemExit(f"--resume: {out} was made with another mode, corpus or config; use a new --out")
+    return {seed: {v: r for v, r in runs.items() if "metrics" in r} for seed, runs in earlier["runs"].items()}
+
+
 def run(plan: Plan, out: Path, log=print) -> dict:
     started = time.perf_counter()
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # in-process evaluation runs between launches
@@ -482,9 +501,14 @@ def run(plan: Plan, out: Path, log=print) -> dict:
         "notes": NOTES + ([QUICK_NOTE] if plan.quick else []),
         "runs": {},
     }
+    done = finished_runs(out, result) if plan.resume else {}
     for seed in plan.seeds:
         by_variant = result["runs"].setdefault(f"seed{seed}", {})
         for variant in VARIANTS:
+            if variant in done.get(f"seed{seed}", {}):
+                by_variant[variant] = done[f"seed{seed}"][variant]
+                log(f"seed {seed} {variant}: kept from {out}")
+                continue
             shared = plan.work_dir / "runs" / f"seed{seed}" / "multilevel" / "stages"
             if variant != "multilevel" and not all((shared / s / "final.safetensors").is_file() for s in SHARED_STAGES):
                 by_variant[variant] = {"variant": variant, "seed": seed,
@@ -512,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc", type=int, default=None, help="ranks per training launch (default 2; --quick: 1)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny_train-sized corpus and models, 2 steps per stage, 6 test trials, 1 seed")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the evaluated runs already in --out (same mode, corpus and config) and run the rest")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="applied to all three configs")
     args = parser.parse_args(argv)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
@@ -524,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"set by the benchmark, not overridable: {', '.join(reserved)}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     plan = Plan(seeds=seeds, nproc=nproc, work_dir=args.work_dir.resolve(), quick=args.quick,
-                user_overrides=list(args.overrides))
+                user_overrides=list(args.overrides), resume=args.resume)
     try:  # a bad override fails before any work
         load_config(config_path("multilevel"), plan.common_overrides())
     except ConfigError as exc:

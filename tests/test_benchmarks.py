@@ -174,3 +174,11 @@ def test_bench_plots_draws_one_png_per_committed_result(tmp_path):
     assert {"loader_throughput", "train_throughput", "eval_throughput", "gpu_diffusion"} <= names
     for name in names:
         assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG"), name
+
+    # --resume keeps every evaluated run of the same mode, corpus and config: nothing is retrained
+    out = tmp_path / "result.json"
+    again = subprocess.run([sys.executable, str(BENCHMARKS / "ablation.py"), "--quick", "--resume", "--out", str(out),
+                            "--work-dir", str(tmp_path / "work")], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("kept from") == 3 and "training" not in again.stderr
+    assert json.loads(out.read_text())["runs"] == result["runs"]
