@@ -10,8 +10,10 @@ giving up throughput. This script puts numbers on both claims on one synthetic c
   image file per image decoded with PIL in a map-style ``Dataset.__getitem__``;
 * ``decode_ceiling``: the loader's own per-sample work on raw bytes already in memory, in one
   tight loop: what streaming could reach if reading and shuffling were free;
-* ``memory``: peak RSS of each loader (``num_workers=0``, one process holds everything) at two
-  corpus sizes, each in a fresh child process, to show which one grows with the corpus.
+* ``memory``: peak RSS of each loader (``num_workers=0``, one process holds everything) at three
+  corpus sizes, each in a fresh child process, to show which one grows with the corpus;
+* ``cost_growth``: writing and streaming time per sample and peak memory across those sizes
+  (linear time keeps the per-sample figures flat; bounded memory keeps streaming RSS flat).
 
 Corpora (and the baseline's export of them) are written once into ``--work-dir`` and reused.
 Torch runs one intra-op thread, as in DataLoader workers: on a busy 2-core machine the two-thread
@@ -42,6 +44,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from eeg2im_scale.bench.summaries import cost_growth
 from eeg2im_scale.config import DataConfig, SynthConfig
 from eeg2im_scale.data.corpus import write_synthetic
 from eeg2im_scale.data.format import decode_sample, read_shard
@@ -359,6 +362,7 @@ def run(bench: Bench, log=print) -> dict:
                             "streaming_samples": s["samples"], "baseline_samples": b["samples"],
                             "streaming_seconds": s["seconds"], "baseline_seconds": b["seconds"]}
 
+    growth = cost_growth(corpora, memory)
     per_pass = f"{bench.max_batches} batches" if bench.max_batches else "one full epoch of the train split"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -381,12 +385,17 @@ def run(bench: Bench, log=print) -> dict:
                               "+ collate in one process; ratio_* = streaming workers_0 / ceiling",
             "memory": f"peak RSS (VmHWM) of a fresh child process, num_workers=0, running {per_pass}; "
                       "rss_after_imports is the same process before building the loader",
+            "cost_growth": "per corpus size: writing (synthesis + shard writing, synth_workers processes) and one "
+                           "streaming pass (the memory child's) in seconds per 1000 samples, and both loaders' peak "
+                           "RSS; largest_over_smallest = the figure at the largest size / at the smallest: 1 = "
+                           "linear time / flat memory",
         },
         "corpora": corpora,
         "streaming": streaming,
         "baseline_published": baseline,
         "decode_ceiling": ceiling,
         "memory": memory,
+        "cost_growth": growth,
         "runtime_s": round(time.perf_counter() - started, 1),
     }
 
@@ -423,8 +432,8 @@ def _int_list(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="JSON file for the results (required unless --child)")
-    parser.add_argument("--sizes", type=_int_list, help="corpus sizes for the memory figures; the smallest "
-                        "also gives the throughput figures (default 2000,20000)")
+    parser.add_argument("--sizes", type=_int_list, help="corpus sizes for the memory and cost-growth figures; the "
+                        "smallest also gives the throughput figures (default 2000,6000,20000)")
     parser.add_argument("--workers", type=_int_list, default=[0, 1, 2], help="num_workers to measure (default 0,1,2)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench/loader"),
                         help="where corpora are written once and reused")
@@ -440,11 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         parser.error("--out is required")
     if args.quick:
-        bench = Bench(sizes=args.sizes or [200, 400], workers=args.workers, work_dir=args.work_dir, channels=16,
+        bench = Bench(sizes=args.sizes or [200, 300, 400], workers=args.workers, work_dir=args.work_dir, channels=16,
                       time_points=64, image_size=32, samples_per_shard=50, batch_size=16, shuffle_buffer=64,
                       max_batches=args.max_batches or 4, warmup_batches=1, repeats=1, synth_workers=1)
     else:
-        bench = Bench(sizes=args.sizes or [2000, 20000], workers=args.workers, work_dir=args.work_dir,
+        bench = Bench(sizes=args.sizes or [2000, 6000, 20000], workers=args.workers, work_dir=args.work_dir,
                       max_batches=args.max_batches or 0)
     result = run(bench, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)

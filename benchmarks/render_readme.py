@@ -13,6 +13,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from eeg2im_scale.bench.summaries import cost_growth
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- BEGIN bench -->", "<!-- END bench -->"
@@ -41,9 +43,15 @@ def loader_section(data: dict) -> list[str]:
     out += _table(["loader", "workers", "samples/s", "MB/s"], rows)
     out += ["", f"Streaming with 0 workers reaches {ceiling['ratio_streaming_workers_0']:.2f} of the decode ceiling "
                 f"({ceiling['ratio_streaming_workers_0_steady']:.2f} in steady state).", ""]
-    rows = [[f"{int(size):,}", f"{m['streaming_peak_rss_mib']:.0f}", f"{m['baseline_peak_rss_mib']:.0f}"]
-            for size, m in sorted(data["memory"].items(), key=lambda kv: int(kv[0]))]
-    out += _table(["corpus samples", "streaming peak RSS (MiB)", "published-style peak RSS (MiB)"], rows)
+    growth = cost_growth(data["corpora"], data["memory"])
+    rows = [[f"{g['samples']:,}", f"{g['write_s_per_ksample']:.1f}", f"{g['stream_s_per_ksample']:.2f}",
+             f"{g['streaming_peak_rss_mib']:.0f}", f"{g['baseline_peak_rss_mib']:.0f}"] for g in growth["sizes"].values()]
+    ratio = growth["largest_over_smallest"]
+    rows.append(["largest / smallest", f"×{ratio['write_s_per_ksample']:.2f}", f"×{ratio['stream_s_per_ksample']:.2f}",
+                 f"×{ratio['streaming_peak_rss_mib']:.2f}", f"×{ratio['baseline_peak_rss_mib']:.2f}"])
+    out += ["Cost growth with the corpus (time per 1000 samples stays flat when cost is linear):", ""]
+    out += _table(["corpus samples", "write s / 1k", "stream s / 1k", "streaming peak RSS (MiB)",
+                   "published-style peak RSS (MiB)"], rows)
     return out + [""]
 
 
@@ -347,12 +355,13 @@ def render(results: Path = RESULTS) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md is not up to date")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the result JSONs (default benchmarks/results)")
     args = parser.parse_args(argv)
     readme = ROOT / "README.md"
     text = readme.read_text()
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    updated = f"{head}{BEGIN}\n{render()}{END}{tail}"
+    updated = f"{head}{BEGIN}\n{render(args.results)}{END}{tail}"
     if args.check:
         return 0 if updated == text else 1
     readme.write_text(updated)

@@ -42,7 +42,11 @@ def test_quick_loader_benchmark_reports_every_figure(tmp_path):
         assert positive(ceiling[name]), (name, ceiling)
 
     sizes = [str(s) for s in result["settings"]["sizes"]]
-    assert len(sizes) == 2 and set(result["memory"]) == set(result["corpora"]) == set(sizes)
+    assert len(sizes) == 3 and set(result["memory"]) == set(result["corpora"]) == set(sizes)
+    growth = result["cost_growth"]
+    assert list(growth["sizes"]) == sizes and [g["samples"] for g in growth["sizes"].values()] == [200, 300, 400]
+    for name in ("write_s_per_ksample", "stream_s_per_ksample", "streaming_peak_rss_mib", "baseline_peak_rss_mib"):
+        assert positive(growth["largest_over_smallest"][name]), name
     for size in sizes:
         for name in ("streaming_peak_rss_mib", "baseline_peak_rss_mib"):
             assert positive(result["memory"][size][name]), (size, name)
@@ -182,3 +186,19 @@ def test_bench_plots_draws_one_png_per_committed_result(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("kept from") == 3 and "training" not in again.stderr
     assert json.loads(out.read_text())["runs"] == result["runs"]
+
+
+def test_cost_growth_is_per_sample_time_and_memory_relative_to_the_smallest_corpus():
+    from eeg2im_scale.bench.summaries import cost_growth
+
+    corpora = {"1000": {"num_samples": 1000, "synthesis_seconds": 2.0},
+               "4000": {"num_samples": 4000, "synthesis_seconds": 10.0}}
+    memory = {"4000": {"streaming_seconds": 3.0, "streaming_samples": 3000, "streaming_peak_rss_mib": 100,
+                       "baseline_peak_rss_mib": 400},
+              "1000": {"streaming_seconds": 0.8, "streaming_samples": 800, "streaming_peak_rss_mib": 100,
+                       "baseline_peak_rss_mib": 100}}
+    growth = cost_growth(corpora, memory)
+    assert list(growth["sizes"]) == ["1000", "4000"]
+    assert growth["sizes"]["4000"]["write_s_per_ksample"] == 2.5 and growth["sizes"]["1000"]["stream_s_per_ksample"] == 1
+    assert growth["largest_over_smallest"] == {"write_s_per_ksample": 1.25, "stream_s_per_ksample": 1.0,
+                                               "streaming_peak_rss_mib": 1.0, "baseline_peak_rss_mib": 4.0}

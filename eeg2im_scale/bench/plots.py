@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after the backend is chosen
 
+from .summaries import cost_growth
+
 STAGES = ("teacher", "lowlevel", "highlevel", "diffusion")
 MISSING = (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError)
 
@@ -99,9 +101,19 @@ def _loader_memory(ax: plt.Axes, data: dict) -> None:
     ax.set_ylabel("peak RSS (MiB)")
 
 
+def _loader_cost(ax: plt.Axes, data: dict) -> None:
+    growth = cost_growth(data["corpora"], data["memory"])["sizes"]
+    sizes = _nonempty(list(growth), "corpus sizes")
+    _grouped_bars(ax, sizes, {label: [_number(growth[s][key]) for s in sizes]
+                              for key, label in (("write_s_per_ksample", "write"), ("stream_s_per_ksample", "stream"))})
+    ax.set_xlabel("corpus size (samples)")
+    ax.set_ylabel("seconds per 1000 samples")
+
+
 def plot_loader(data: dict, path: Path) -> None:
     _figure(data, "loader_throughput", [("samples/s per loader and worker count", _loader_throughput),
-                                        ("memory: does it grow with the corpus?", _loader_memory)], path)
+                                        ("memory: does it grow with the corpus?", _loader_memory),
+                                        ("time per sample: linear in the corpus?", _loader_cost)], path)
 
 
 # ---- training ------------------------------------------------------------------------------------
