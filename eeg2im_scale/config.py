@@ -13,9 +13,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
+
+from .data.splits import parse_scheme
 
 
 class ConfigError(ValueError):
@@ -51,14 +53,14 @@ class DataConfig:
     """How shards are streamed to a training or evaluation loop."""
 
     root: str = "runs/data/synthetic_tiny"
-    split_by: Literal["image", "subject", "block", "release"] = "image"
-    classes: Optional[list[str]] = None  # a class subset by manifest class_name, relabelled 0..k-1 in this order
+    split_by: str = "image"  # image | subject | block | release | loso:<subject> | heldout:<class>,... (data/splits.py)
+    classes: list[str] | None = None  # a class subset by manifest class_name, relabelled 0..k-1 in this order
     batch_size: int = 32
     num_workers: int = 0
     shuffle_buffer: int = 1000
     samples_per_epoch: int = 0
-    eeg_window: Optional[tuple[int, int]] = None
-    bandpass: Optional[tuple[float, float]] = None
+    eeg_window: tuple[int, int] | None = None
+    bandpass: tuple[float, float] | None = None
     normalize: bool = True
     image_size: int = 64
     on_error: Literal["raise", "skip"] = "raise"
@@ -72,7 +74,7 @@ class TeacherConfig:
 
     arch: Literal["resnet50", "resnet34", "resnet18"] = "resnet50"  # the paper's is ResNet50; smaller ones for CPU budgets
     pretrained: bool = False  # ImageNet weights: from `weights` or the torch hub cache, never downloaded
-    weights: Optional[str] = None  # path to a torchvision state dict of `arch` (.pth/.safetensors)
+    weights: str | None = None  # path to a torchvision state dict of `arch` (.pth/.safetensors)
     input_size: int = 224  # images are resized to this before the teacher
     augment: bool = True  # random flips and shifts while fine-tuning (it memorises a few hundred images otherwise)
 
@@ -165,7 +167,7 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float = 1.0
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warm-up
-    deepspeed_config: Optional[str] = None  # JSON merged over the generated DeepSpeed config
+    deepspeed_config: str | None = None  # JSON merged over the generated DeepSpeed config
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -173,6 +175,7 @@ class TrainConfig:
     halt_after: int = 0  # stop with a checkpoint after this many steps in this invocation (0: run to the end);
     # for chunked jobs under a scheduler's time limit: relaunch with --resume
     collective_timeout_s: int = 600  # a dead rank makes the others fail after this, never hang
+    shuffle_labels: bool = False  # control only: training images' labels permuted (seeded by seed), teacher included
     seed: int = 0
 
     def stage_config(self, name: str) -> StageConfig:
@@ -187,10 +190,10 @@ class EvalConfig:
     max_trials: int = 0  # 0 = every trial of the split
     images_per_trial: int = 1
     batch_size: int = 16  # trials per generation batch (per process)
-    sampler: Optional[Literal["ddim", "dpm"]] = None  # None: model.diffusion.sampler
-    sample_steps: Optional[int] = None  # None: model.diffusion.sample_steps
-    guidance_scale: Optional[float] = None  # None: model.diffusion.guidance_scale
-    inception_weights: Optional[str] = None  # FID Inception (pt_inception-2015-12-05) file; None: torch hub cache
+    sampler: Literal["ddim", "dpm"] | None = None  # None: model.diffusion.sampler
+    sample_steps: int | None = None  # None: model.diffusion.sample_steps
+    guidance_scale: float | None = None  # None: model.diffusion.guidance_scale
+    inception_weights: str | None = None  # FID Inception (pt_inception-2015-12-05) file; None: torch hub cache
     random_inception: bool = False  # tests only: same architecture, random weights (numbers not comparable)
     inception_metrics: bool = True  # IS/FID/KID; false skips them and needs no Inception weights (offline quickstart)
     is_splits: int = 10
@@ -203,6 +206,20 @@ class EvalConfig:
 
 
 @dataclass
+class ProtocolConfig:
+    """``eeg2im protocol``: evaluation protocols that rule out leakage (docs/protocols.md)."""
+
+    alpha: float = 0.01  # one-sided binomial test level: "above chance", and a control "leaks"
+    subjects: list[int] | None = None  # loso: the test subjects (folds) to run; None: every subject
+    heldout_classes: list[str] | None = None  # held-out-classes: the unseen classes; None: drawn with seed
+    heldout_fraction: float = 0.2  # share of classes drawn when heldout_classes is None (>= 2 of them)
+    lowpass_hz: float = 1.0  # drift control: the classifier sees only EEG content below this frequency
+    prestimulus_window: tuple[int, int] | None = None  # drift control: [start, stop) samples before stimulus
+    # onset in the stored trials (THINGS-EEG2: [0, 20]); None: the corpus has none and that control is skipped
+    seed: int = 0  # which classes are held out when heldout_classes is None
+
+
+@dataclass
 class Config:
     """Everything one run needs; ``run_dir`` receives all of its outputs."""
 
@@ -212,8 +229,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Cross-field checks that the per-field types cannot express."""
         d, s = self.data, self.synth
         positive = {
@@ -231,6 +249,10 @@ class Config:
             raise ConfigError("data.num_workers and data.samples_per_epoch must be >= 0")
         if d.eeg_window is not None and not 0 <= d.eeg_window[0] < d.eeg_window[1]:
             raise ConfigError(f"data.eeg_window must be [start, stop) with 0 <= start < stop, got {list(d.eeg_window)}")
+        try:
+            parse_scheme(d.split_by)
+        except ValueError as exc:
+            raise ConfigError(f"data.split_by: {exc}") from None
         if d.classes is not None and (len(d.classes) < 2 or len(set(d.classes)) != len(d.classes)):
             raise ConfigError(f"data.classes must list at least two distinct class names, got {d.classes}")
         if d.bandpass is not None and not 0 <= d.bandpass[0] < d.bandpass[1]:
@@ -260,6 +282,15 @@ class Config:
                               f"({len(m.block_channels)}), got {len(m.attention_levels)}")
         if not 0 <= m.cond_dropout < 1:
             raise ConfigError(f"model.diffusion.cond_dropout must be in [0, 1), got {m.cond_dropout}")
+        p = self.protocol
+        if not 0 < p.alpha < 1 or not 0 < p.heldout_fraction < 1 or not p.lowpass_hz > 0:
+            raise ConfigError(f"protocol.alpha and protocol.heldout_fraction must be in (0, 1) and protocol.lowpass_hz "
+                              f"> 0, got {p.alpha}, {p.heldout_fraction}, {p.lowpass_hz}")
+        if p.prestimulus_window is not None and not 0 <= p.prestimulus_window[0] < p.prestimulus_window[1]:
+            raise ConfigError(f"protocol.prestimulus_window must be [start, stop) with 0 <= start < stop, "
+                              f"got {list(p.prestimulus_window)}")
+        if p.heldout_classes is not None and len(set(p.heldout_classes)) != len(p.heldout_classes):
+            raise ConfigError(f"protocol.heldout_classes lists a class twice: {p.heldout_classes}")
         return self
 
 

@@ -9,17 +9,64 @@ rewriting shards:
   shared by the trials of a block cannot be learned as a label cue (Li et al. 2020).
 
 ``release`` (a corpus's published split) is written by converters when one exists.
+
+Two *protocol* schemes are computed from the manifest's columns instead of stored, because they
+are parameterised (``eeg2im protocol``, docs/protocols.md):
+
+* ``loso:<subject>``: leave one subject out. Test: every trial of that subject. Val: the other
+  subjects' trials of the ``image`` scheme's val images; train: their other trials.
+* ``heldout:<class>,<class>,...``: those classes never reach training. Test: every trial of
+  them; train / val: the other classes' trials of the ``image`` scheme's train / val images.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Hashable, Iterable
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
 SPLITS = ("train", "val", "test")
-SCHEMES = ("image", "subject", "block", "release")
+SCHEMES = ("image", "subject", "block", "release")  # stored as manifest columns split_<scheme>
+SCHEME_FORMS = "image | subject | block | release | loso:<subject> | heldout:<class>,<class>,..."
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A parsed ``data.split_by``: a stored scheme (``column`` set) or a protocol scheme."""
+
+    kind: str
+    subject: int | None = None  # loso
+    classes: tuple[str, ...] = ()  # heldout
+
+    @property
+    def column(self) -> str | None:
+        return f"split_{self.kind}" if self.kind in SCHEMES else None
+
+
+def parse_scheme(text: str) -> Scheme:
+    """``data.split_by`` as a :class:`Scheme`; ValueError naming the valid forms otherwise."""
+    kind, sep, argument = text.partition(":")
+    if not sep and kind in SCHEMES:
+        return Scheme(kind)
+    if kind == "loso" and argument.strip().lstrip("-").isdigit():
+        return Scheme(kind, subject=int(argument))
+    classes = tuple(c for c in argument.split(",") if c)
+    if kind == "heldout" and classes and len(set(classes)) == len(classes):
+        return Scheme(kind, classes=classes)
+    raise ValueError(f"split scheme {text!r} is not one of: {SCHEME_FORMS} (distinct class names)")
+
+
+def loso_scheme(subject: int) -> str:
+    return f"loso:{subject}"
+
+
+def heldout_scheme(classes: Iterable[str]) -> str:
+    classes = list(classes)
+    if any("," in c for c in classes):
+        raise ValueError(f"class names with a comma cannot be held out by name: {[c for c in classes if ',' in c]}")
+    return "heldout:" + ",".join(classes)
 
 
 def split_of_image(image_id: str, fractions: tuple[float, float, float], seed: int) -> str:

@@ -23,7 +23,8 @@ from ..models.eeg_encoders import HighLevelEncoder, LowLevelEncoder
 from ..models.film_unet import FiLMUNet
 from ..models.losses import diffusion_loss, highlevel_loss, lowlevel_loss
 from ..models.sampling import diffusion_training_target, make_train_scheduler
-from ..models.teacher import Teacher, build_teacher, feature_dim as teacher_feature_dim, flip_and_shift
+from ..models.teacher import Teacher, build_teacher, flip_and_shift
+from ..models.teacher import feature_dim as teacher_feature_dim
 from .ema import EMA, ema_beta
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Geometry:
         self.image_size = cfg.data.image_size
 
     @classmethod
-    def of_synth(cls, cfg: Config, class_names: list[str] | None = None) -> "Geometry":
+    def of_synth(cls, cfg: Config, class_names: list[str] | None = None) -> Geometry:
         """The geometry of the corpus the config's ``synth`` section describes, without reading one
         (sizing models; ``data.classes`` or ``class_names`` stand in for its classes)."""
         s = cfg.synth
@@ -136,20 +137,40 @@ class StageModule(nn.Module):
         """Run only the frozen networks ``forward`` uses (FLOP accounting: they get no backward)."""
 
 
+class ShuffledLabels:
+    """``train.shuffle_labels``, the shuffled-label control: every training image's label replaced
+    by another training image's under a seeded permutation (``Manifest.shuffled_image_labels``),
+    for the teacher and the EEG encoder alike, so distillation cannot bring the true labels back.
+    Images outside the training split keep their labels: validation measures the true ones."""
+
+    def __init__(self, cfg: Config):
+        self.by_image = Manifest.for_data(cfg.data).shuffled_image_labels(cfg.data.split_by, cfg.train.seed)
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        true = batch["label"]
+        return torch.tensor([self.by_image.get(image, label) for image, label in zip(batch["image_id"], true.tolist())],
+                            device=true.device)
+
+
+def _training_labels(batch: dict, shuffled: ShuffledLabels | None) -> torch.Tensor:
+    return batch["label"] if shuffled is None else shuffled(batch)
+
+
 class TeacherModule(StageModule):
     """Fine-tunes ResNet50 on the training images so its logits cover the dataset's classes."""
 
-    def __init__(self, teacher: nn.Module, augment: bool, dtype: torch.dtype):
+    def __init__(self, teacher: nn.Module, augment: bool, dtype: torch.dtype, shuffled: ShuffledLabels | None = None):
         super().__init__(dtype)
-        self.teacher, self.augment = teacher, augment
+        self.teacher, self.augment, self.shuffled = teacher, augment, shuffled
 
     def forward(self, batch: dict):
         images = _images(batch, self.dtype)
         if self.augment and self.training:
             images = flip_and_shift(images)
         logits, _ = self.teacher(images)
-        loss = F.cross_entropy(logits.float(), batch["label"])
-        accuracy = (logits.argmax(1) == batch["label"]).float().mean()
+        labels = _training_labels(batch, self.shuffled)
+        loss = F.cross_entropy(logits.float(), labels)
+        accuracy = (logits.argmax(1) == labels).float().mean()
         return loss, {"ce": loss.detach(), "accuracy": accuracy}
 
 
@@ -176,9 +197,10 @@ class LowLevelModule(StageModule):
 class HighLevelModule(StageModule):
     """EEG semantic encoder distilled from the (frozen) fine-tuned teacher."""
 
-    def __init__(self, encoder: HighLevelEncoder, teacher: nn.Module, cfg: Config, dtype: torch.dtype):
+    def __init__(self, encoder: HighLevelEncoder, teacher: nn.Module, cfg: Config, dtype: torch.dtype,
+                 shuffled: ShuffledLabels | None = None):
         super().__init__(dtype)
-        self.encoder, self.cfg = encoder, cfg.model.highlevel
+        self.encoder, self.cfg, self.shuffled = encoder, cfg.model.highlevel, shuffled
         self._teacher = [teacher]  # a list keeps it out of the module tree (not trained, cast or saved)
 
     def frozen_forward(self, batch: dict):
@@ -188,9 +210,9 @@ class HighLevelModule(StageModule):
     def forward(self, batch: dict):
         outputs = {k: v.float() for k, v in self.encoder(batch["eeg"]).items()}
         teacher_logits, teacher_features = self.frozen_forward(batch)
-        loss, terms = highlevel_loss(outputs, batch["label"], teacher_logits.float(), teacher_features.float(),
-                                     self.cfg)
-        terms["accuracy"] = (outputs["logits"].argmax(1) == batch["label"]).float().mean()
+        labels = _training_labels(batch, self.shuffled)
+        loss, terms = highlevel_loss(outputs, labels, teacher_logits.float(), teacher_features.float(), self.cfg)
+        terms["accuracy"] = (outputs["logits"].argmax(1) == labels).float().mean()
         return loss, terms
 
 
@@ -281,14 +303,15 @@ def build_stage(name: str, cfg: Config, device: torch.device, dtype: torch.dtype
     if missing:
         raise FileNotFoundError(f"stage {name} needs {', '.join(str(stage_weights(cfg, m)) for m in missing)}; "
                                 f"train those stages first (train.stage={missing[0]} or train.stage=all)")
+    shuffled = ShuffledLabels(cfg) if cfg.train.shuffle_labels else None
     if name == "teacher":
-        return Stage(name, TeacherModule(build_teacher_model(cfg, geo), cfg.model.teacher.augment, dtype))
+        return Stage(name, TeacherModule(build_teacher_model(cfg, geo), cfg.model.teacher.augment, dtype, shuffled))
     if name == "lowlevel":
         return Stage(name, LowLevelModule(*build_lowlevel(cfg, geo), cfg, dtype))
     if name == "highlevel":
         # the fine-tuned export replaces any ImageNet weights, so none are looked up here
         teacher = load_prefixed(Teacher(cfg.model.teacher, geo.num_classes), stage_weights(cfg, "teacher"), "teacher")
-        return Stage(name, HighLevelModule(build_highlevel(cfg, geo), frozen(teacher, device), cfg, dtype))
+        return Stage(name, HighLevelModule(build_highlevel(cfg, geo), frozen(teacher, device), cfg, dtype, shuffled))
     if name == "diffusion":
         high = load_prefixed(build_highlevel(cfg, geo), stage_weights(cfg, "highlevel"), "encoder")
         low = load_prefixed(build_lowlevel(cfg, geo)[1], stage_weights(cfg, "lowlevel"), "encoder")
