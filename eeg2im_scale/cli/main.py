@@ -1,7 +1,8 @@
 """``eeg2im``: the command-line entry point, one subcommand per job.
 
 Every subcommand that reads a config takes ``--config FILE`` plus ``key.sub=value`` overrides
-and ``--dry-run``, which prints the resolved config and exits (as edm's ``--dry-run`` does).
+and ``--dry-run``, which prints the resolved config and exits (as edm's ``--dry-run`` does);
+``eeg2im protocol --dry-run`` prints the protocol's plan instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 from ..config import ConfigError, SynthConfig, dump_config, load_config, to_dict
 from ..eval.report import add_arguments as report_args
 from ..eval.report import cmd_report
+from ..protocols import PROTOCOLS
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -145,7 +147,7 @@ def cmd_stream(args) -> int:
     from ..data.loader import EEGImageLoader
 
     cfg = args.cfg
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     ensure_corpus_on_rank(cfg, rank)
     loader = EEGImageLoader(cfg.data, args.split, train=args.split == "train", rank=rank, world_size=world)
     start = time.perf_counter()
@@ -201,6 +203,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_protocol(args) -> int:
+    """Train and evaluate what one evaluation protocol needs; merge its rows into RUN_DIR/protocols.json."""
+    from ..protocols.runner import run_protocol
+    from ..protocols.table import TABLE
+
+    table = run_protocol(args.protocol, args.config, args.overrides, launcher=args.launcher, dry_run=args.dry_run)
+    if table is None:
+        return 0
+    for row in (r for r in table["rows"] if r["protocol"] == args.protocol):
+        spread = f" ± {row['spread']:.3f}" if row.get("spread") is not None else ""
+        p_value = f", p = {row['p_value']:.2g}" if row["p_value"] is not None else ""
+        print(f"{row['variant']}: {row['metric']} = {row['value']:.3f}{spread} (chance {row['chance']:.3f}, "
+              f"{row['trials']} trials{p_value}): {row['verdict']}")
+    print(f"wrote {Path(args.cfg.run_dir) / TABLE}")
+    return 0
+
+
 def cmd_preview(args) -> int:
     from ..data.preview import render_preview
 
@@ -228,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default=None, help="release directory (default: RUN_DIR/model of the config)")
     evaluate.add_argument("--out", default=None, help="where metrics.json, per_subject.csv and grid.png go "
                                                       "(default: RUN_DIR/eval)")
+    protocol = sub.add_parser("protocol", help="evaluation protocols that rule out leakage: by-image, leave-one-"
+                                               "subject-out, held-out classes, controls (docs/protocols.md)")
+    names = protocol.add_subparsers(dest="protocol", required=True)
+    for name in PROTOCOLS:
+        one = names.add_parser(name, help=PROTOCOL_HELP[name])
+        one.add_argument("--config", help="YAML config (configs/*.yaml)")
+        one.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
+        one.add_argument("--dry-run", action="store_true",
+                         help="print the plan (each run's directory and train commands) and exit; trains nothing")
+        one.add_argument("--launcher", default=None,
+                         help="run each training under this launcher, e.g. 'deepspeed --num_gpus 8' or 'torchrun "
+                              "--nproc_per_node 8' (default: in this process, one rank)")
     preview = sub.add_parser("preview", help="PNG of one stimulus per class with its EEG")
     preview.add_argument("--root", required=True, help="corpus directory (manifest.parquet + shards/)")
     preview.add_argument("--out", required=True, help="output PNG")
@@ -246,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PROTOCOL_HELP = {
+    "by-image": "check that no test image is trained on, then train and evaluate the whole pipeline",
+    "loso": "leave one subject out: a fresh run per subject; accuracy per fold and mean ± std",
+    "held-out-classes": "classes never trained on, classified zero-shot by the nearest teacher-feature prototype",
+    "controls": "shuffled labels, and drift (< 1 Hz or pre-stimulus EEG): above chance means the corpus leaks",
+}
+
+
 def _cuda() -> bool:
     import torch
 
@@ -253,7 +292,8 @@ def _cuda() -> bool:
 
 
 COMMANDS = {"synth": cmd_synth, "stream": cmd_stream, "train": cmd_train, "generate": cmd_generate,
-            "preview": cmd_preview, "evaluate": cmd_evaluate, "convert": cmd_convert, "report": cmd_report}
+            "preview": cmd_preview, "evaluate": cmd_evaluate, "convert": cmd_convert, "report": cmd_report,
+            "protocol": cmd_protocol}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "overrides"):  # the commands that take --config, overrides and --dry-run
             args.cfg = load_config(args.config, args.overrides)
-            if args.dry_run:
+            if args.dry_run and args.command != "protocol":  # a protocol's dry run prints its plan
                 print(dump_config(args.cfg))
                 return 0
         return COMMANDS[args.command](args)

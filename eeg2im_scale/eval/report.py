@@ -3,7 +3,8 @@
 ``python -m eeg2im_scale.eval.report RUN_DIR|--config FILE [--eval-dir DIR] [--out FILE]``. The page opens
 offline and can be mailed or archived as one file: images are embedded as base64 PNG, the CSS is
 inline, and there is no JavaScript and no link to anything outside it. Whatever the run lacks
-(no evaluation yet, a stage not trained) is said on the page instead of failing.
+(no evaluation yet, a stage not trained) is said on the page instead of failing. The Protocols
+section renders ``RUN_DIR/protocols.json``, written by ``eeg2im protocol``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: left; vertic
 th { background: #eee; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.group th { background: #dde3f0; } img { max-width: 100%; }
 pre { background: #f7f7f7; border: 1px solid #ddd; padding: 0.8em; overflow-x: auto; }
+.leak { border: 2px solid #a33; background: #fbeeee; padding: 0.5em 1em; border-radius: 4px; }
 """
 
 # (metric, label, what it measures) per summary group; {n_way}/{top_k} come from the protocol.
@@ -44,8 +46,8 @@ SUMMARY = [
          ("the fine-tuned image teacher ranks the true class in its top {top_k} of {n_way} candidates "
           "(the true one and random others); chance is {top_k}/{n_way}")),
         ("real_n_way_top_k", "same judgement on the true images",
-         "the teacher's score on the real images: the ceiling for the line above; near chance, the line above "
-         "means nothing"),
+         ("the teacher's score on the real images: the ceiling for the line above; near chance, the line above "
+          "means nothing")),
     ]),
     ("Colour fidelity (generated vs true image)", [
         ("hue_error", "hue error", "dominant hue of the image vs the recorded hue, 0–0.5; lower is better"),
@@ -120,6 +122,7 @@ def render_report(run_dir: Path, eval_dir: Path) -> str:
         _section("samples", "Samples", _grid(eval_dir / "grid.png")),
         _section("metrics", "Metrics", _metrics_tables(metrics)),
         _section("per-subject", "Per subject", _per_subject(eval_dir / "per_subject.csv")),
+        _section("protocols", "Protocols", _protocols(_read_json(run_dir / "protocols.json"))),
         _section("training", "Training curves", _training(stats)),
         _section("validation", "Validation", _validation(run_dir, list(stats))),
         _section("config", "Configuration", _config(run_dir / "config.yaml")),
@@ -266,6 +269,31 @@ def _per_subject(path: Path) -> str:
     with open(path, newline="") as f:
         header, *rows = list(csv.reader(f))
     return _table(header, rows, numeric=tuple(range(len(header))))
+
+
+def _protocols(table: dict | None) -> str:
+    """``eeg2im protocol``'s table: every accuracy with its chance level and binomial p-value, a
+    warning for each control that beats chance, and how each protocol formed its splits."""
+    if table is None:
+        return _missing("No protocol results: no protocols.json in the run directory. Run `eeg2im protocol "
+                        "{by-image,loso,held-out-classes,controls} --config CONFIG` (docs/protocols.md).")
+    leaks = [r for r in table["rows"] if r.get("leak")]
+    warnings = "".join(
+        f"<p class=\"leak\"><b>This corpus leaks</b> under data.split_by={escape(r['split_by'])}: the "
+        f"{escape(r['variant'])} control scores {r['value']:.3g} against chance {r['chance']:.3g} "
+        f"(p = {r['p_value']:.2g}). {escape(r['verdict'])}.</p>\n" for r in leaks)
+    rows = [[r["protocol"], r["variant"], r["split_by"], r["metric"],
+             _fmt(r["value"]) + (f" ± {r['spread']:.2g}" if r.get("spread") is not None else ""),
+             _fmt(r["chance"]), str(r["trials"]), "—" if r["p_value"] is None else f"{r['p_value']:.2g}", r["verdict"]]
+            for r in table["rows"]]
+    notes = "".join(f"<li><b>{escape(protocol)}</b>: {escape(note)}</li>\n"
+                    for protocol, texts in table["notes"].items() for note in texts)
+    return (warnings + f"<p>Accuracy on the test split of each protocol's own runs, beside chance (the best "
+            f"constant guess: 1/classes on a balanced test set) and the one-sided binomial p-value of scoring that "
+            f"well by guessing; verdicts at level {table['alpha']:g}. Updated {escape(table['updated'])}.</p>\n"
+            + _table(["protocol", "variant", "split", "metric", "value", "chance", "trials", "p", "verdict"], rows,
+                     numeric=(4, 5, 6, 7))
+            + f"\n<ul>\n{notes}</ul>")
 
 
 def _training(stats: dict[str, list[dict]]) -> str:

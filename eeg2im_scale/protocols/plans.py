@@ -1,0 +1,165 @@
+"""Which training runs each protocol makes. A plan is plain data: ``--dry-run`` prints it, and each
+variant's overrides reproduce its training with ``launchers/train.py`` under any launcher."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config
+from ..data.manifest import MANIFEST, Manifest
+from ..data.splits import heldout_scheme, loso_scheme, parse_scheme
+from ..data.synth_images import class_name
+from . import PROTOCOLS
+
+CLASSIFIER_STAGES = ("teacher", "highlevel")  # what the EEG classifier needs: no autoencoder, no UNet
+
+
+class ProtocolError(ValueError):
+    """A protocol that cannot run on this configuration or corpus, or whose check failed."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training run of a protocol and how it is evaluated."""
+
+    protocol: str
+    name: str  # the table's "variant"
+    run_dir: str
+    overrides: tuple[str, ...]  # on top of the user's config and overrides
+    stages: tuple[str, ...]  # train.stage values, run in this order
+    evaluation: str  # "pipeline" (eeg2im evaluate) | "classifier" | "zero-shot"
+    control: str | None = None  # "shuffled" | "drift"
+    heldout: tuple[str, ...] = ()  # zero-shot: the unseen classes
+
+    def stage_overrides(self, stage: str) -> list[str]:
+        return [*self.overrides, f"train.stage={stage}"]
+
+
+@dataclass
+class Plan:
+    protocol: str
+    variants: list[Variant]
+    notes: list[str]  # what the table cannot say: how the splits were formed, skipped controls
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What planning needs to know about the corpus."""
+
+    subjects: list[int]
+    class_names: list[str]  # every class of the corpus
+
+
+def layout_of(cfg: Config) -> Layout:
+    """From the manifest; before a synthetic corpus is written (a dry run), from ``synth``."""
+    if (Path(cfg.data.root) / MANIFEST).is_file():
+        manifest = Manifest(cfg.data.root)
+        return Layout(manifest.subjects, list(manifest.info["class_names"]))
+    if cfg.data.synthesize:
+        return Layout(list(range(cfg.synth.num_subjects)), [class_name(c) for c in range(cfg.synth.num_classes)])
+    raise ProtocolError(f"no corpus at {cfg.data.root} ({MANIFEST} missing) and data.synthesize is false")
+
+
+def override(key: str, value) -> str:
+    """``key=value`` with the value as JSON (valid YAML): strings stay strings, e.g. class names like '1'."""
+    return f"{key}={json.dumps(value)}"
+
+
+def make_plan(protocol: str, cfg: Config, layout: Layout) -> Plan:
+    if protocol not in PROTOCOLS:
+        raise ProtocolError(f"unknown protocol {protocol!r}; protocols are {', '.join(PROTOCOLS)}")
+    root = Path(cfg.run_dir) / "protocols" / protocol
+
+    def variant(slug: str, name: str, *overrides: str, **kw) -> Variant:
+        run_dir = str(root / slug)
+        kw.setdefault("stages", CLASSIFIER_STAGES)
+        kw.setdefault("evaluation", "classifier")
+        return Variant(protocol, name, run_dir, (override("run_dir", run_dir), *overrides), **kw)
+
+    return {"by-image": _by_image, "loso": _loso, "held-out-classes": _held_out_classes,
+            "controls": _controls}[protocol](cfg, layout, variant)
+
+
+def _by_image(cfg: Config, layout: Layout, variant) -> Plan:
+    if parse_scheme(cfg.data.split_by).column is None:
+        raise ProtocolError(f"by-image evaluates the whole pipeline with `eeg2im evaluate`, which takes a stored "
+                            f"split scheme (image, subject, block, release), not data.split_by={cfg.data.split_by}")
+    return Plan("by-image", [variant(cfg.data.split_by, f"split by {cfg.data.split_by}", stages=("all",),
+                                     evaluation="pipeline")],
+                [(f"Training + validation and test images are disjoint under data.split_by={cfg.data.split_by} "
+                  f"(checked before training); the whole pipeline was trained and evaluated with `eeg2im evaluate` "
+                  f"on the {cfg.eval.split} split.")])
+
+
+def _loso(cfg: Config, layout: Layout, variant) -> Plan:
+    subjects = cfg.protocol.subjects if cfg.protocol.subjects is not None else layout.subjects
+    unknown = sorted(set(subjects) - set(layout.subjects))
+    if len(layout.subjects) < 2 or unknown or not subjects:
+        raise ProtocolError(f"loso needs at least 2 subjects and folds among them: the corpus has subjects "
+                            f"{layout.subjects}, protocol.subjects asks for {subjects}")
+    variants = [variant(f"subject-{s}", f"subject {s}", override("data.split_by", loso_scheme(s))) for s in subjects]
+    return Plan("loso", variants, [
+        ("Each fold is a fresh run in its own run_dir (same seed, no weights carried over between folds). Test: "
+         "every trial of one subject; validation: the other subjects' trials of the image scheme's validation "
+         "images; training: their other trials. EEG is z-scored with the statistics of the fold's training trials."),
+        ("As in the usual LOSO protocol, images are shared across subjects: a fold measures generalisation to an "
+         "unseen person, not to unseen images.")])
+
+
+def _held_out_classes(cfg: Config, layout: Layout, variant) -> Plan:
+    universe = list(cfg.data.classes or layout.class_names)
+    p = cfg.protocol
+    if p.heldout_classes is not None:
+        heldout = list(p.heldout_classes)
+        outside = [c for c in heldout if c not in universe]
+        if outside:
+            raise ProtocolError(f"protocol.heldout_classes {outside} are not among the classes in play: {universe}")
+    else:
+        count = max(2, round(p.heldout_fraction * len(universe)))
+        drawn = np.random.default_rng(p.seed).choice(len(universe), count, replace=False)
+        heldout = [universe[i] for i in sorted(drawn)]
+    seen = [c for c in universe if c not in heldout]
+    if len(heldout) < 2 or len(seen) < 2:
+        raise ProtocolError(f"held-out-classes needs at least 2 held-out and 2 training classes; {len(universe)} "
+                            f"classes in play, {len(heldout)} held out")
+    return Plan("held-out-classes", [variant(
+        "zero-shot", f"{len(heldout)} unseen classes", override("data.split_by", heldout_scheme(heldout)),
+        override("data.classes", seen), evaluation="zero-shot", heldout=tuple(heldout))], [
+        (f"Held out: {', '.join(heldout)}. The teacher and the EEG encoder were trained on the other "
+         f"{len(seen)} classes only (their training and validation images; EEG z-scored with their training "
+         f"trials' statistics). Test: every trial of the held-out classes, classified zero-shot: the class whose "
+         f"prototype (mean L2-normalised teacher feature of its images, the trial's own image left out) is "
+         f"nearest in cosine to the EEG encoder's projection into the teacher's feature space.")])
+
+
+def _controls(cfg: Config, layout: Layout, variant) -> Plan:
+    p = cfg.protocol
+    variants = [
+        variant("shuffled-labels", "shuffled labels", "train.shuffle_labels=true", control="shuffled"),
+        variant("lowpass", f"< {p.lowpass_hz:g} Hz only", override("data.bandpass", [0, p.lowpass_hz]),
+                control="drift"),
+    ]
+    notes = [
+        ("Shuffled labels: the training images' labels permuted (seed train.seed) for the teacher and the EEG "
+         "encoder alike; the test keeps the true labels. Above chance means labels reach the model another way."),
+        (f"Drift: the EEG classifier retrained and tested on content below {p.lowpass_hz:g} Hz only (a zero-phase "
+         f"Butterworth low-pass). Slow drift identifies the recording block, and in a block design the block "
+         f"identifies the class: above chance under a split that shares blocks between training and test "
+         f"(release or image on EEG-ImageNet) means the corpus leaks. On a short epoch this band also holds the "
+         f"mean of the evoked response, so check a leak against data.split_by=block (whole blocks held out)."),
+    ]
+    if p.prestimulus_window is not None:
+        start, stop = p.prestimulus_window
+        variants.append(variant("prestimulus", f"pre-stimulus [{start}, {stop})",
+                                override("data.eeg_window", [start, stop]), control="drift"))
+        notes.append(f"Pre-stimulus: the classifier retrained and tested on samples [{start}, {stop}) of each "
+                     f"trial, recorded before the stimulus appeared: nothing there can depend on the image.")
+    else:
+        notes.append("No pre-stimulus control: protocol.prestimulus_window is not set (this corpus's trials start "
+                     "at stimulus onset, as in EEG-ImageNet-40 and the synthetic corpus; THINGS-EEG2's start "
+                     "200 ms before it).")
+    return Plan("controls", variants, notes)

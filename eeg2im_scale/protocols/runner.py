@@ -1,0 +1,151 @@
+"""Run a protocol: train each variant of its plan through the package's own training code, evaluate
+it, and merge the rows into ``RUN_DIR/protocols.json``.
+
+Training runs in this process by default (``train.run.run``, one rank, as ``python
+launchers/train.py`` would); ``launcher`` (e.g. ``"deepspeed --num_gpus 8"`` or ``"torchrun
+--nproc_per_node 8"``) runs each stage as ``<launcher> launchers/train.py --config ... <overrides>``
+instead. Evaluation runs here, in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from ..config import load_config
+from ..data.corpus import ensure_corpus
+from ..data.manifest import MANIFEST, Manifest
+from ..train.stages import Geometry, build_highlevel
+from .evaluate import check_images_disjoint, classifier_scores, zero_shot_scores
+from .plans import Plan, ProtocolError, Variant, layout_of, make_plan
+from .stats import chance_level
+from .table import TABLE, accuracy_row, update_table, value_row
+
+log = logging.getLogger(__name__)
+TRAIN_LAUNCHER = Path(__file__).resolve().parents[2] / "launchers" / "train.py"
+# Each launched job forms its own process group: the rendezvous of this process (left by an
+# in-process run, or by whatever started it) must not leak into it.
+RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+EVALUATIONS = {"pipeline": "the whole pipeline with `eeg2im evaluate` (eval.split)",
+               "classifier": "EEG classifier top-1 on the test split",
+               "zero-shot": "zero-shot nearest-prototype top-1 over the held-out classes"}
+
+
+def train_commands(variant: Variant, config: str | None, overrides: list[str], launcher: str | None,
+                   script: str = "launchers/train.py") -> list[list[str]]:
+    """One ``launchers/train.py`` command per stage: what the launcher runs, and what to submit on a cluster."""
+    prefix = shlex.split(launcher) if launcher else ["python"]
+    return [[*prefix, script, *(["--config", config] if config else []), *overrides, *variant.stage_overrides(stage)]
+            for stage in variant.stages]
+
+
+def describe(plan: Plan, config: str | None, overrides: list[str], launcher: str | None, check: str | None) -> str:
+    """The plan as ``--dry-run`` prints it."""
+    lines = [f"protocol {plan.protocol}: {len(plan.variants)} run(s)"] + ([f"check: {check}"] if check else [])
+    for variant in plan.variants:
+        lines += [f"- {variant.name}: run_dir {variant.run_dir}"]
+        lines += [f"    train:    {shlex.join(c)}" for c in train_commands(variant, config, overrides, launcher)]
+        lines += [f"    evaluate: {EVALUATIONS[variant.evaluation]}"]
+    return "\n".join(lines + [f"note: {note}" for note in plan.notes])
+
+
+def run_protocol(protocol: str, config: str | None, overrides: list[str], *, launcher: str | None = None,
+                 dry_run: bool = False) -> dict | None:
+    """Run ``protocol`` on the configured corpus and return the updated table (None for a dry run,
+    which prints the plan, writes nothing and trains nothing)."""
+    cfg = load_config(config, overrides)
+    if dry_run:
+        plan = make_plan(protocol, cfg, layout_of(cfg))
+        check = None
+        if protocol == "by-image" and (Path(cfg.data.root) / MANIFEST).is_file():
+            check = _disjoint_text(Manifest.for_data(cfg.data), cfg.data.split_by)
+        print(describe(plan, config, overrides, launcher, check))
+        return None
+    ensure_corpus(cfg)
+    plan = make_plan(protocol, cfg, layout_of(cfg))
+    if protocol == "by-image":
+        log.info("by-image: %s", _disjoint_text(Manifest.for_data(cfg.data), cfg.data.split_by))
+    variant_cfgs = [_prepare(variant, load_config(config, [*overrides, *variant.overrides])) for variant in plan.variants]
+    rows = []
+    for variant, variant_cfg in zip(plan.variants, variant_cfgs):
+        log.info("protocol %s, %s: training in %s", protocol, variant.name, variant.run_dir)
+        _train(variant, config, overrides, launcher)
+        rows += _rows(variant, variant_cfg)
+    table = update_table(cfg.run_dir, protocol, rows, plan.notes, cfg.protocol.alpha)
+    log.info("protocol %s: %d rows written to %s", protocol, len(rows), Path(cfg.run_dir) / TABLE)
+    return table
+
+
+def _prepare(variant: Variant, cfg):
+    """Before the first run trains: every run's EEG encoder builds (a window too short for the
+    backbone fails now, not after the other runs), and a protocol scheme's EEG statistics are
+    computed once, here, instead of by every rank."""
+    manifest = Manifest.for_data(cfg.data)
+    try:
+        build_highlevel(cfg, Geometry(cfg, manifest.selected_info))
+    except ValueError as exc:
+        raise ProtocolError(f"{variant.protocol}, {variant.name}: {exc}") from None
+    if cfg.data.normalize:
+        manifest.eeg_stats(cfg.data.split_by)
+    return cfg
+
+
+def _disjoint_text(manifest: Manifest, scheme: str) -> str:
+    seen, tested = check_images_disjoint(manifest, scheme)
+    return f"data.split_by={scheme}: {seen} training/validation images and {tested} test images, none shared"
+
+
+def _train(variant: Variant, config: str | None, overrides: list[str], launcher: str | None) -> None:
+    if launcher is None:
+        from ..train.run import run
+
+        for stage in variant.stages:
+            run(load_config(config, [*overrides, *variant.stage_overrides(stage)]))
+        return
+    if not TRAIN_LAUNCHER.is_file():
+        raise ProtocolError(f"--launcher runs {TRAIN_LAUNCHER}, which this installation lacks (a source checkout has it)")
+    env = {key: value for key, value in os.environ.items() if key not in RENDEZVOUS}
+    for command in train_commands(variant, config, overrides, launcher, str(TRAIN_LAUNCHER)):
+        result = subprocess.run(command, env=env, check=False)
+        if result.returncode != 0:
+            raise ProtocolError(f"training failed (exit code {result.returncode}): {shlex.join(command)}")
+
+
+def _rows(variant: Variant, cfg) -> list[dict]:
+    """The table rows of one trained variant."""
+    alpha = cfg.protocol.alpha
+    where = {"split_by": cfg.data.split_by, "run_dir": variant.run_dir}
+    if variant.evaluation == "classifier":
+        scores = classifier_scores(cfg)
+        metric = "eeg_top1"
+    elif variant.evaluation == "zero-shot":
+        scores = zero_shot_scores(cfg, list(variant.heldout))
+        metric = "zero_shot_top1"
+    else:
+        return _pipeline_rows(variant, cfg, where)
+    return [accuracy_row(variant.protocol, variant.name, metric, scores.correct, scores.trials,
+                         chance_level(scores.label_counts, scores.choices), alpha, control=variant.control, **where)]
+
+
+def _pipeline_rows(variant: Variant, cfg, where: dict) -> list[dict]:
+    """EEG accuracy and generated-image accuracy of the whole pipeline, from ``eeg2im evaluate``."""
+    from ..eval.evaluator import evaluate
+
+    run_dir = Path(variant.run_dir)
+    metrics = evaluate(cfg, run_dir / "model", run_dir / "eval")
+    values = {name: entry["value"] for name, entry in metrics["metrics"].items()}
+    protocol = metrics["protocol"]
+    manifest = Manifest.for_data(cfg.data)
+    counts = np.bincount(manifest.labels(cfg.data.split_by, cfg.eval.split), minlength=len(manifest.class_names))
+    trials = protocol["trials"]
+    return [
+        accuracy_row(variant.protocol, variant.name, "eeg_top1", round(values["eeg_top1"] * trials), trials,
+                     chance_level(counts.tolist(), len(manifest.class_names)), cfg.protocol.alpha, **where),
+        value_row(variant.protocol, variant.name, "generated_n_way_top_k", values["generated_n_way_top_k"],
+                  protocol["top_k"] / protocol["n_way"], protocol["generated_images"], **where),
+    ]

@@ -1,0 +1,88 @@
+"""``RUN_DIR/protocols.json``: one table of every protocol's results, chance beside each accuracy.
+
+Each row is one number: ``protocol``, ``variant`` (fold, control, ...), ``metric``, ``value``
+(a LOSO summary adds ``spread``), ``chance``, ``trials`` and ``correct`` (where the value is a
+count of hits), the one-sided binomial ``p_value`` against chance, the ``verdict``, ``leak``
+(controls only: true when the control beats chance), the ``split_by`` scheme and the ``run_dir``
+that produced it. Invocations merge: a row replaces the row of the same (protocol, variant,
+metric), so LOSO folds run as separate jobs end up in one table, and the LOSO summary is
+recomputed from every fold row present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .stats import binomial_p_value, mean_and_spread
+
+TABLE = "protocols.json"
+LOSO_SUMMARY = "mean ± std over folds"
+VERDICTS = {  # (p < alpha, p >= alpha) per kind of row
+    None: ("above chance", "not above chance"),
+    "shuffled": ("LEAKS: above chance with shuffled training labels, so labels reach the model another way",
+                 "at chance, as it must be"),
+    "drift": (("LEAKS: EEG that cannot carry the stimulus decodes the class, so accuracies under this split "
+               "are inflated (block-design drift)"), "no leakage detected"),
+}
+
+
+def accuracy_row(protocol: str, variant: str, metric: str, correct: int, trials: int, chance: float,
+                 alpha: float, *, split_by: str, run_dir: str, control: str | None = None) -> dict:
+    """A row for ``correct`` hits out of ``trials``, tested against ``chance`` at level ``alpha``."""
+    p_value = binomial_p_value(correct, trials, chance)
+    return {"protocol": protocol, "variant": variant, "metric": metric, "value": correct / trials, "chance": chance,
+            "trials": trials, "correct": correct, "p_value": p_value,
+            "verdict": VERDICTS[control][0 if p_value < alpha else 1],
+            "leak": None if control is None else bool(p_value < alpha), "split_by": split_by, "run_dir": run_dir}
+
+
+def value_row(protocol: str, variant: str, metric: str, value: float, chance: float, trials: int, *,
+              split_by: str, run_dir: str) -> dict:
+    """A row for an accuracy that is no count of hits (averaged over random draws): no test."""
+    return {"protocol": protocol, "variant": variant, "metric": metric, "value": value, "chance": chance,
+            "trials": trials, "correct": None, "p_value": None, "verdict": "no test (an average over random draws)",
+            "leak": None, "split_by": split_by, "run_dir": run_dir}
+
+
+def loso_summary(rows: list[dict], alpha: float) -> dict | None:
+    """Mean ± sample std of the LOSO fold accuracies, tested on the pooled hits against the
+    trial-weighted chance (None when no fold row exists)."""
+    folds = [r for r in rows if r["protocol"] == "loso" and r["variant"] != LOSO_SUMMARY]
+    if not folds:
+        return None
+    mean, spread = mean_and_spread([r["value"] for r in folds])
+    trials = sum(r["trials"] for r in folds)
+    correct = sum(r["correct"] for r in folds)
+    chance = sum(r["chance"] * r["trials"] for r in folds) / trials
+    p_value = binomial_p_value(correct, trials, chance)
+    return {"protocol": "loso", "variant": LOSO_SUMMARY, "metric": folds[0]["metric"], "value": mean,
+            "spread": spread, "chance": chance, "trials": trials, "correct": correct, "p_value": p_value,
+            "verdict": VERDICTS[None][0 if p_value < alpha else 1] + f" ({len(folds)} folds, pooled test)",
+            "leak": None, "split_by": "loso", "run_dir": str(Path(folds[0]["run_dir"]).parent)}
+
+
+def read_table(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / TABLE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def update_table(run_dir: str | Path, protocol: str, rows: list[dict], notes: list[str], alpha: float) -> dict:
+    """Merge one invocation's rows and notes into ``RUN_DIR/protocols.json`` (atomically) and return the table."""
+    table = read_table(run_dir) or {"rows": [], "notes": {}}
+    keys = {(r["protocol"], r["variant"], r["metric"]) for r in rows}
+    merged = [r for r in table["rows"] if (r["protocol"], r["variant"], r["metric"]) not in keys] + rows
+    if protocol == "loso":
+        merged = [r for r in merged if not (r["protocol"] == "loso" and r["variant"] == LOSO_SUMMARY)]
+        summary = loso_summary(merged, alpha)
+        merged += [summary] if summary else []
+    table = {"updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "alpha": alpha,
+             "rows": merged, "notes": {**table["notes"], protocol: notes}}
+    path = Path(run_dir) / TABLE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TABLE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(table, indent=1))
+    tmp.replace(path)
+    return table
