@@ -85,3 +85,21 @@ def test_evaluation_without_inception_metrics_needs_no_inception(release, tmp_pa
     assert {"eeg_top1", "generated_n_way_top_k", "hue_error"} <= set(metrics["metrics"])
     assert metrics["protocol"]["inception"].startswith("none")
     assert metrics["protocol"]["generated_images"] == 2 * metrics["protocol"]["trials"]
+
+
+def test_evaluated_trials_follow_any_split_scheme_and_class_subset(random_corpus):
+    """The trials evaluated are the split's members under the scheme, including the protocols'
+    derived ones (``loso:<subject>``) and a class subset."""
+    import pyarrow.parquet as pq
+
+    from eeg2im_scale.data.loader import EEGImageLoader
+    from eeg2im_scale.eval.evaluator import _selected_keys
+
+    from conftest import data_cfg
+
+    rows = pq.read_table(random_corpus / "manifest.parquet", columns=["key", "subject", "label"]).to_pylist()
+    loader = EEGImageLoader(data_cfg(random_corpus, split_by="loso:2"), "test", train=False)
+    selected, grid = _selected_keys(loader, 0, 4)
+    assert selected == {r["key"] for r in rows if r["subject"] == 2} and len(grid) == 4 and grid <= selected
+    loader = EEGImageLoader(data_cfg(random_corpus, split_by="loso:2", classes=["b"]), "test", train=False)
+    assert _selected_keys(loader, 0, 4)[0] == {r["key"] for r in rows if r["subject"] == 2 and r["label"] == 1}

@@ -129,9 +129,9 @@ def _gather_arrays(chunks: list[np.ndarray]) -> np.ndarray | None:
 def _selected_keys(loader: EEGImageLoader, max_trials: int, grid_trials: int) -> tuple[set[str], set[str]]:
     """The split's trials to evaluate (all, or the first ``max_trials`` keys) and those shown in
     the grid (the first trial of each of the first ``grid_trials`` images); the same on every process."""
-    column = f"split_{loader.cfg.split_by}"
-    rows = sorted((r["key"], r["image_id"]) for r in loader.manifest.read(["key", "image_id", column]).to_pylist()
-                  if r[column] == loader.split)
+    member = loader.manifest.membership(loader.cfg.split_by, loader.split)  # any scheme, class subsets included
+    rows = sorted((r["key"], r["image_id"]) for r in loader.manifest.read(["index", "key", "image_id"]).to_pylist()
+                  if member[r["index"]])
     rows = rows[:max_trials] if max_trials else rows
     first_of_image: dict[str, str] = {}
     for key, image_id in rows:

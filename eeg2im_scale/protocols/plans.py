@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import Config
 from ..data.manifest import MANIFEST, Manifest
-from ..data.splits import heldout_scheme, loso_scheme, parse_scheme
+from ..data.splits import heldout_scheme, loso_scheme
 from ..data.synth_images import class_name
 from . import PROTOCOLS
 
@@ -85,9 +85,6 @@ def make_plan(protocol: str, cfg: Config, layout: Layout) -> Plan:
 
 
 def _by_image(cfg: Config, layout: Layout, variant) -> Plan:
-    if parse_scheme(cfg.data.split_by).column is None:
-        raise ProtocolError(f"by-image evaluates the whole pipeline with `eeg2im evaluate`, which takes a stored "
-                            f"split scheme (image, subject, block, release), not data.split_by={cfg.data.split_by}")
     return Plan("by-image", [variant(cfg.data.split_by, f"split by {cfg.data.split_by}", stages=("all",),
                                      evaluation="pipeline")],
                 [(f"Training + validation and test images are disjoint under data.split_by={cfg.data.split_by} "
