@@ -235,6 +235,24 @@ def find_image(root, candidates: Sequence[str]) -> Path | None:
     return next((Path(root) / c for c in candidates if (Path(root) / c).is_file()), None)
 
 
+def resolve_images(trials: list[Trial], root, candidates: Callable[[Trial], list[str]],
+                   where: Callable[[Trial], str]) -> list[Trial]:
+    """``trials`` with each image name replaced by its path: the first of ``candidates(trial)``
+    (relative to ``root``) that exists, else a ConvertError naming the trial (``where``)."""
+    paths: dict[str, str] = {}
+    resolved = []
+    for t in trials:
+        if t.image not in paths:
+            tried = list(dict.fromkeys(candidates(t)))
+            path = find_image(root, tried)
+            if path is None:
+                raise ConvertError(root, f"image {t.image!r} not found (looked for {', '.join(tried)})", where(t),
+                                   "image")
+            paths[t.image] = str(path)
+        resolved.append(t._replace(image=paths[t.image]))
+    return resolved
+
+
 def check_images(paths) -> None:
     """Every distinct image opens (header only): a bad file fails before any shard is written."""
     for path in dict.fromkeys(paths):

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from ..writer import CorpusInfo
-from .common import (ConvertError, ConvertOptions, TorchTrialReader, Trial, as_int, drop_reason, find_image,
-                     load_cached, load_torch, placeholder_channels, require_keys, select_classes, write_trials)
+from .common import (ConvertError, ConvertOptions, TorchTrialReader, Trial, as_int, drop_reason,
+                     load_cached, load_torch, placeholder_channels, require_keys, resolve_images, select_classes,
+                     write_trials)
 
 SFREQ = 1000.0
 LENGTH_BOUNDS = (450, 600)  # what the release's own loaders keep
@@ -95,18 +96,11 @@ def convert_eeg_imagenet(eeg: str | Path, splits: str | Path, images: str | Path
     trials, class_names, subset = select_classes(trials, class_names, opts.classes)
     source_label = subset["source_labels"] if subset else range(len(wnids))
 
-    paths: dict[str, str] = {}
-    for k, t in enumerate(trials):
-        if t.image not in paths:
-            wnid = str(wnids[source_label[t.meta["label"]]])
-            candidates = list(dict.fromkeys([f"{wnid}/{t.image}.JPEG", f"{t.image.split('_')[0]}/{t.image}.JPEG",
-                                             f"{t.image}.JPEG"]))
-            path = find_image(images, candidates)
-            if path is None:
-                raise ConvertError(images, f"image {t.image!r} not found (looked for {', '.join(candidates)})",
-                                   f"dataset[{t.ref[1]}]", "image")
-            paths[t.image] = str(path)
-        trials[k] = t._replace(image=paths[t.image])
+    trials = resolve_images(
+        trials, images,
+        lambda t: [f"{wnids[source_label[t.meta['label']]]}/{t.image}.JPEG", f"{t.image.split('_')[0]}/{t.image}.JPEG",
+                   f"{t.image}.JPEG"],
+        lambda t: f"dataset[{t.ref[1]}]")
 
     info = CorpusInfo(
         channel_names=placeholder_channels(channels), sfreq=SFREQ, time_points=window[1] - window[0],

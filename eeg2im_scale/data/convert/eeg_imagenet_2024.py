@@ -37,10 +37,10 @@ from .common import (
     Trial,
     as_int,
     drop_reason,
-    find_image,
     load_cached,
     load_torch,
     require_keys,
+    resolve_images,
     select_classes,
     write_trials,
 )
@@ -200,17 +200,12 @@ def convert_eeg_imagenet_2024(eeg: str | Path | Sequence[str | Path], images: st
     subset = _class_subset(granularity_of, labels, granularity, opts.classes)
     trials, class_names, subset_record = select_classes(trials, list(labels), subset)
 
-    paths: dict[str, str] = {}  # only the images of the trials kept need to exist
-    for k, t in enumerate(trials):
-        if t.image not in paths:
-            folders = (t.image.split("_")[0], class_names[t.meta["label"]])  # the loaders' rule, then the class
-            candidates = list(dict.fromkeys([*(f"{folder}/{t.image}" for folder in folders), t.image]))
-            path = find_image(images, candidates)
-            if path is None:
-                raise ConvertError(images, f"image {t.image!r} not found (looked for {', '.join(candidates)})",
-                                   f"{t.ref[0]}: dataset[{t.ref[1]}]", "image")
-            paths[t.image] = str(path)
-        trials[k] = t._replace(image=paths[t.image])
+    # only the images of the trials kept need to exist; the loaders' folder rule first, then the class
+    trials = resolve_images(
+        trials, images,
+        lambda t: [*(f"{folder}/{t.image}" for folder in (t.image.split("_")[0], class_names[t.meta["label"]])),
+                   t.image],
+        lambda t: f"{t.ref[0]}: dataset[{t.ref[1]}]")
 
     info = CorpusInfo(
         channel_names=list(CHANNELS), sfreq=SFREQ, time_points=window[1] - window[0], class_names=class_names,
