@@ -145,6 +145,14 @@ def test_quick_ablation_benchmark_reports_every_variant(tmp_path):
     assert summary["verdict"].startswith("multilevel beats highlevel_only on colour fidelity: inconclusive")
     assert summary["verdict"] in done.stdout  # the human-readable summary
 
+    # --resume keeps every evaluated run of the same mode, corpus and config: nothing is retrained
+    out = tmp_path / "result.json"
+    again = subprocess.run([sys.executable, str(BENCHMARKS / "ablation.py"), "--quick", "--resume", "--out", str(out),
+                            "--work-dir", str(tmp_path / "work")], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("kept from") == 3 and "training" not in again.stderr
+    assert json.loads(out.read_text())["runs"] == result["runs"]
+
 
 def test_bench_all_quick_runs_the_registry_and_plots(tmp_path):
     """The one entry point: a selected benchmark runs as a subprocess, its output streams through,
@@ -179,13 +187,6 @@ def test_bench_plots_draws_one_png_per_committed_result(tmp_path):
     for name in names:
         assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG"), name
 
-    # --resume keeps every evaluated run of the same mode, corpus and config: nothing is retrained
-    out = tmp_path / "result.json"
-    again = subprocess.run([sys.executable, str(BENCHMARKS / "ablation.py"), "--quick", "--resume", "--out", str(out),
-                            "--work-dir", str(tmp_path / "work")], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("kept from") == 3 and "training" not in again.stderr
-    assert json.loads(out.read_text())["runs"] == result["runs"]
 
 
 def test_cost_growth_is_per_sample_time_and_memory_relative_to_the_smallest_corpus():
