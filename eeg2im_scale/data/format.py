@@ -141,7 +141,7 @@ def read_shard(path: str | Path, expected_count: int | None = None,
     """
     shard = str(path)
     current: dict | None = None  # the sample being assembled; None while skipping one
-    current_key = last_key = None
+    current_key = None
     count = 0
     try:
         for name, data in _members(path, keep):
@@ -155,17 +155,16 @@ def read_shard(path: str | Path, expected_count: int | None = None,
                 current = None if data is None else {"__key__": key, "__url__": shard}
             if current is not None:
                 current[field.lower()] = data
-            last_key = key
     except (TarFormatError, tarfile.TarError, EOFError, OSError) as exc:
         failed_key = _key_of(exc.member) if isinstance(exc, TarFormatError) and exc.member else None
         if failed_key not in (None, current_key):  # the next sample's header was intact:
             if current is not None:  # this one is complete
                 yield current
             current_key = failed_key
-        raise SampleError(shard, current_key or last_key, "tar", f"truncated or corrupt shard ({exc})") from None
+        raise SampleError(shard, current_key, "tar", f"truncated or corrupt shard ({exc})") from None
     if expected_count is not None and count + (current_key is not None) < expected_count:
         # cut at a member boundary: the last sample may lack members, so it is not trusted
-        raise SampleError(shard, last_key, "tar", f"truncated shard: it ends in this sample, the "
+        raise SampleError(shard, current_key, "tar", f"truncated shard: it ends in this sample, the "
                                                   f"{count + 1}th of {expected_count}")
     if current is not None:
         yield current
