@@ -50,12 +50,23 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
     if not dist.is_initialized():
         import deepspeed
 
+        _skip_inference_allreduce_build()
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s),
                                    verbose=False)
     info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank,
                     torch.device("cuda", local_rank) if cuda else torch.device("cpu"))
     log.info("rank %d/%d on %s (backend %s)", info.rank, info.world_size, info.device, dist.get_backend())
     return info
+
+
+def _skip_inference_allreduce_build() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce at init (~45 s of g++ on a
+    fresh machine, a third of the quickstart's training start-up) that only tensor-parallel
+    inference (``inference_all_reduce``) uses; training never calls it. ``build_shm_op`` skips ops
+    marked incompatible in ``deepspeed.ops.__compatible_ops__``, a dict DeepSpeed keeps editable."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def bound_every_group(timeout_s: int) -> None:
