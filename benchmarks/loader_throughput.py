@@ -268,7 +268,7 @@ def measure_decode_ceiling(bench: Bench, root: Path) -> dict:
 
     _warm_up(batches(), bench.warmup_batches)
     summary = _median_of([time_pass(batches(), 0, skip=1) for _ in range(bench.repeats)])
-    summary["raw_bytes_in_memory"] = sum(len(v) for raw in raws for v in raw.values() if isinstance(v, bytes))
+    summary["raw_bytes_in_memory"] = sum(len(v) for raw in raws for v in raw.values() if isinstance(v, (bytes, bytearray)))
     return summary
 
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import CHANNELS, TIME_POINTS, random_samples, write_random_corpus
-from eeg2im_scale.data.format import read_shard
+from eeg2im_scale.data.format import load_npy, read_shard
 from eeg2im_scale.data.manifest import Manifest
 from eeg2im_scale.data.splits import assign_groups, group_counts
 
@@ -24,6 +24,20 @@ def test_shard_contents_follow_the_format(random_corpus):
     assert eeg.dtype == np.float16 and eeg.shape == (CHANNELS, TIME_POINTS)
     assert {"label", "class_name", "subject", "image_id", "session", "block", "attributes"} <= set(meta)
     assert len(list(read_shard(first, 20))) == 20
+
+
+@pytest.mark.parametrize("array", [np.arange(12, dtype=np.float16).reshape(3, 4),
+                                   np.asfortranarray(np.arange(15.0).reshape(3, 5)), np.zeros((2, 0), np.float32)])
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_cached_npy_reader_equals_np_load(array, version):
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=version)
+    data = buffer.getvalue()
+    loaded = load_npy(data)
+    assert loaded.dtype == array.dtype and loaded.shape == array.shape and loaded.flags.writeable
+    np.testing.assert_array_equal(loaded, np.load(io.BytesIO(data)))
+    with pytest.raises(ValueError, match="data bytes"):
+        load_npy(data[:-1] if array.size else data + b"\0")
 
 
 def test_manifest_rows_and_metadata(random_corpus):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -15,7 +14,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .format import read_shard
+from .format import load_npy, read_shard
 from .splits import SCHEMES, SPLITS, Scheme, parse_scheme
 from .writer import MANIFEST, META_KEY, GroupSums
 
@@ -225,7 +224,7 @@ class Manifest:
         sums = GroupSums()
         for entry in self._shards_of(mask):
             for raw in read_shard(entry.path, entry.total, keep=lambda key: bool(mask[int(key)])):
-                sums.add("train", np.load(io.BytesIO(raw["eeg.npy"]), allow_pickle=False))
+                sums.add("train", load_npy(raw["eeg.npy"]))
         moments = sums.moments(["train"])
         if moments is None:
             raise ValueError(f"{self.path}: split scheme '{scheme}' has no training trials")

@@ -54,9 +54,10 @@ def _checksum_ok(header: bytes) -> bool:
 
 
 def iter_members(fileobj: BinaryIO, wanted: Callable[[str], bool] = lambda name: True
-                 ) -> Iterator[tuple[str, bytes | None]]:
+                 ) -> Iterator[tuple[str, bytearray | None]]:
     """``(name, data)`` for every regular member in order; ``data`` is None for members whose name
-    ``wanted`` rejects (their bytes are skipped, not read).
+    ``wanted`` rejects (their bytes are skipped, not read). ``data`` is a ``bytearray``: being
+    writable, the EEG array decoded from it needs no defensive copy.
 
     The archive ends at its zero block, or at end of file on a header boundary (as ``tarfile``
     accepts; a shard cut exactly there is caught by its caller's sample count). A partial header,
@@ -84,9 +85,10 @@ def iter_members(fileobj: BinaryIO, wanted: Callable[[str], bool] = lambda name:
             if typeflag in _REGULAR:
                 yield name, None
             continue
-        data = fileobj.read(size)
-        if len(data) != size:
-            raise TarFormatError(f"member {name} has {len(data)} of {size} bytes", member=name)
+        data = bytearray(size)
+        got = fileobj.readinto(data)
+        if got != size:
+            raise TarFormatError(f"member {name} has {got} of {size} bytes", member=name)
         _skip(fileobj, padding, end, name)
         yield name, data
 
