@@ -164,6 +164,8 @@ class TrainConfig:
     diffusion: StageConfig = field(default_factory=lambda: StageConfig(steps=300, lr=2e-4))
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 needs a GPU; bf16 works on CPU too
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the diffusion UNet; auto: on CUDA with ZeRO <= 2
+    compile_backend: str = "inductor"  # torch.compile backend; aot_eager traces without code generation (debugging)
     grad_accum: int = 1
     grad_clip: float = 1.0
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warm-up

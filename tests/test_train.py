@@ -152,3 +152,42 @@ def test_single_process_zero0_with_gradient_accumulation(corpus, tmp_path):
     assert [r["step"] for r in records] == [2, 4]
     assert records[-1]["kimg"] == pytest.approx(4 * 8 * 2 / 1000)  # steps x micro-batch x accumulation
     assert list((run_dir / "stages" / "lowlevel" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_compile_auto_is_on_for_cuda_with_zero_up_to_2():
+    import torch
+
+    from eeg2im_scale.train.stages import unet_compile_backend
+
+    def backend(device: str, *overrides: str):
+        return unet_compile_backend(load_config(CONFIG, list(overrides)).train, torch.device(device))
+
+    assert backend("cuda", "train.zero_stage=2") == "inductor" and backend("cuda", "train.zero_stage=0") == "inductor"
+    assert backend("cuda", "train.zero_stage=3") is None and backend("cpu") is None
+    assert backend("cpu", "train.compile=true", "train.compile_backend=aot_eager") == "aot_eager"
+    assert backend("cuda", "train.compile=false") is None
+
+
+def test_compiled_unet_trains_like_the_eager_one(corpus, tmp_path, caplog):
+    """train.compile=true runs the diffusion UNet under torch.compile (aot_eager: inductor's graph
+    capture and AOTAutograd without code generation, which a CPU test cannot afford): the losses
+    are the eager run's, FLOPs are still counted, and the export has the eager UNet's keys."""
+    import logging
+
+    from safetensors.torch import load_file
+
+    caplog.set_level(logging.INFO, logger="eeg2im_scale.train.stages")
+    run_dir = tmp_path / "run"
+    common = ["--config", CONFIG, f"run_dir={run_dir}", f"data.root={corpus}", *steps_override(4)]
+    assert train_main([*common, "train.log_every=1"]) == 0
+    export = run_dir / "stages" / "diffusion" / "final.safetensors"
+    eager_stats, eager_keys = stats(run_dir, "diffusion"), set(load_file(str(export)))
+    assert train_main([*common, "train.log_every=1", "train.stage=diffusion", "train.compile=true",
+                       "train.compile_backend=aot_eager"]) == 0
+    assert "diffusion UNet: torch.compile(backend='aot_eager')" in caplog.text
+    compiled_stats = stats(run_dir, "diffusion")
+    assert set(load_file(str(export))) == eager_keys
+    assert [r["step"] for r in compiled_stats] == [1, 2, 3, 4]
+    for eager, compiled in zip(eager_stats, compiled_stats):
+        assert compiled["loss/loss"] == pytest.approx(eager["loss/loss"], rel=1e-4), (eager, compiled)
+        assert compiled["tflops_per_s"] > 0

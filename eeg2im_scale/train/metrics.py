@@ -68,11 +68,13 @@ def peak_memory_mib(device: torch.device) -> float:
 def training_flops_per_sample(forward, frozen_forward, batch_size: int) -> float:
     """FLOPs of one training sample, counted by PyTorch's FlopCounterMode: the trained part's
     forward ×3 (the backward costs about twice the forward) plus the frozen networks' forward
-    once (teacher, conditioning encoders: no backward)."""
+    once (teacher, conditioning encoders: no backward). A compiled UNet is counted eagerly
+    (``force_eager``): the same count, without tracing a graph under the counting mode."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     counts = []
     for run in (forward, frozen_forward):
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), torch.compiler.set_stance("force_eager"), \
+                FlopCounterMode(display=False) as counter:
             run()  # on a forked RNG: counting must not shift the random stream a resumed run replays
         counts.append(counter.get_total_flops())
     total, frozen = counts

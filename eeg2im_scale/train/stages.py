@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config import STAGES, Config
+from ..config import STAGES, Config, TrainConfig
 from ..data.manifest import Manifest
 from ..models.autoencoder import ImageAutoencoder, to_unit_range
 from ..models.eeg_encoders import HighLevelEncoder, LowLevelEncoder
@@ -220,8 +220,10 @@ class DiffusionModule(StageModule):
     """DDPM training of the FiLM UNet on the frozen encoders' conditioning vector."""
 
     def __init__(self, unet: FiLMUNet, high: HighLevelEncoder, low: LowLevelEncoder, cfg: Config,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, compile_backend: str | None = None):
         super().__init__(dtype)
+        if compile_backend:
+            unet.compile(backend=compile_backend)  # in place: state-dict keys stay the eager UNet's
         self.unet = unet
         self._encoders = [high, low]
         self.condition_on = cfg.model.diffusion.condition_on
@@ -296,6 +298,15 @@ class DiffusionStage(Stage):
         return {**state, **{f"ema.unet.{k}": v for k, v in self.ema.state_dict().items()}}
 
 
+def unet_compile_backend(cfg: TrainConfig, device: torch.device) -> str | None:
+    """The ``torch.compile`` backend for the diffusion UNet, or None to run it eagerly. ``auto``
+    compiles on CUDA with ZeRO <= 2, where it was measured faster (benchmarks/results/
+    gpu_diffusion.json); ZeRO-3 gathers parameters in module hooks that break the graph, and on a
+    CPU compiling takes longer than a short run gains."""
+    wanted = (device.type == "cuda" and cfg.zero_stage <= 2) if cfg.compile == "auto" else cfg.compile
+    return cfg.compile_backend if wanted else None
+
+
 def build_stage(name: str, cfg: Config, device: torch.device, dtype: torch.dtype = torch.float32) -> Stage:
     """The stage ``name`` with its frozen dependencies loaded from earlier stages' exports."""
     geo = Geometry(cfg, Manifest.for_data(cfg.data).selected_info)
@@ -315,6 +326,8 @@ def build_stage(name: str, cfg: Config, device: torch.device, dtype: torch.dtype
     if name == "diffusion":
         high = load_prefixed(build_highlevel(cfg, geo), stage_weights(cfg, "highlevel"), "encoder")
         low = load_prefixed(build_lowlevel(cfg, geo)[1], stage_weights(cfg, "lowlevel"), "encoder")
-        module = DiffusionModule(build_unet(cfg, geo), frozen(high, device), frozen(low, device), cfg, dtype)
+        backend = unet_compile_backend(cfg.train, device)
+        log.info("diffusion UNet: %s", f"torch.compile(backend={backend!r})" if backend else "eager (not compiled)")
+        module = DiffusionModule(build_unet(cfg, geo), frozen(high, device), frozen(low, device), cfg, dtype, backend)
         return DiffusionStage(module, cfg.train.ema_halflife_kimg, cfg.train.zero_stage)
     raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
