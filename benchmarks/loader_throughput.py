@@ -239,11 +239,13 @@ def measure_streaming(bench: Bench, root: Path, num_workers: int) -> dict:
     """Training epochs of the train split (a new epoch, hence new shuffle, every pass)."""
     loader = EEGImageLoader(bench.data(root, num_workers), "train")
     _warm_up(loader, bench.warmup_batches)
-    passes = []
-    for epoch in range(1, bench.repeats + 1):
-        loader.set_epoch(epoch)
-        passes.append(time_pass(loader, bench.max_batches, skip=max(1, num_workers)))
-    return _median_of(passes)
+    return _median_of([streaming_epoch(bench, loader, epoch) for epoch in range(1, bench.repeats + 1)])
+
+
+def streaming_epoch(bench: Bench, loader: EEGImageLoader, epoch: int) -> dict:
+    """One timed training epoch (a new epoch, hence a new shuffle)."""
+    loader.set_epoch(epoch)
+    return time_pass(loader, bench.max_batches, skip=max(1, loader.num_workers))
 
 
 def measure_baseline(bench: Bench, dataset: PublishedStyleDataset, num_workers: int) -> dict:
@@ -275,8 +277,7 @@ def measure_decode_ceiling(bench: Bench, root: Path) -> dict:
     _warm_up(loader, bench.warmup_batches)
     ceiling_passes, streaming_passes = [], []
     for epoch in range(1, bench.repeats + 1):
-        loader.set_epoch(epoch)
-        streaming_passes.append(time_pass(loader, bench.max_batches, skip=1))
+        streaming_passes.append(streaming_epoch(bench, loader, epoch))
         ceiling_passes.append(time_pass(batches(), 0, skip=1))
     summary = _median_of(ceiling_passes)
     summary["raw_bytes_in_memory"] = sum(len(v) for raw in raws for v in raw.values() if isinstance(v, (bytes, bytearray)))
