@@ -48,7 +48,7 @@ from eeg2im_scale.bench.summaries import cost_growth
 from eeg2im_scale.config import DataConfig, SynthConfig
 from eeg2im_scale.data.corpus import write_synthetic
 from eeg2im_scale.data.format import decode_sample, read_shard
-from eeg2im_scale.data.loader import EEGImageLoader, collate
+from eeg2im_scale.data.loader import BatchBuilder, EEGImageLoader
 from eeg2im_scale.data.manifest import Manifest
 from eeg2im_scale.data.preprocess import EEGPreprocess, prepare_image
 
@@ -257,8 +257,8 @@ def measure_baseline(bench: Bench, dataset: PublishedStyleDataset, num_workers: 
 
 def measure_decode_ceiling(bench: Bench, root: Path) -> dict:
     """Raw train samples read into memory first (untimed), then decoded, preprocessed and
-    collated by the loader's own per-sample code (``StreamPlan._decode``: ``decode_sample`` →
-    ``EEGPreprocess`` → ``prepare_image``) and ``collate``, in one process, no I/O.
+    batched by the loader's own code (``BatchBuilder``: ``decode_sample`` → ``EEGPreprocess`` →
+    ``prepare_image``, straight into the batch's tensors), in one process, no I/O.
 
     Its passes alternate with streaming passes (0 workers) in this process, and the ratio is taken
     from those pairs: measured one after the other, whichever ran later found a warmer heap (fewer
@@ -271,7 +271,10 @@ def measure_decode_ceiling(bench: Bench, root: Path) -> dict:
 
     def batches() -> Iterator[dict]:
         for start in range(0, len(raws), bench.batch_size):
-            yield collate([plan._decode(raw) for raw in raws[start:start + bench.batch_size]])
+            batch = BatchBuilder(plan)
+            for raw in raws[start:start + bench.batch_size]:
+                batch.add(raw)
+            yield batch.finish()
 
     _warm_up(batches(), bench.warmup_batches)
     _warm_up(loader, bench.warmup_batches)
@@ -396,8 +399,8 @@ def run(bench: Bench, log=print) -> dict:
             "baseline_published": "torch.load of one file with every trial's float32 EEG + one PNG per image decoded "
                                   "with PIL per sample; map-style Dataset, DataLoader(shuffle=True); the torch.load "
                                   "happens once before timing",
-            "decode_ceiling": "train-split raw sample bytes held in memory, decoded with the loader's StreamPlan._decode "
-                              "+ collate in one process; its passes alternate with streaming passes (0 workers, "
+            "decode_ceiling": "train-split raw sample bytes held in memory, decoded into batches with the loader's "
+                              "BatchBuilder in one process; its passes alternate with streaming passes (0 workers, "
                               "streaming_workers_0_alternated) and ratio_* = streaming / ceiling medians of those",
             "memory": f"peak RSS (VmHWM) of a fresh child process, num_workers=0, running {per_pass}; "
                       "rss_after_imports is the same process before building the loader",

@@ -8,7 +8,7 @@ import pytest
 from eeg2im_scale.config import DataConfig
 from eeg2im_scale.data.writer import CorpusInfo, RawSample, write_corpus
 
-CHANNELS, TIME_POINTS, IMAGE = 4, 32, 8
+CHANNELS, TIME_POINTS, IMAGE, SFREQ = 4, 32, 8, 100.0
 
 
 def random_samples(start: int, stop: int, *, subjects: int = 4, sessions: int = 3, classes: int = 3):
@@ -36,7 +36,7 @@ class RangeSource:
 
 
 def write_random_corpus(root, num_samples: int = 240, per_shard: int = 20, **kw):
-    info = CorpusInfo(channel_names=[f"E{i}" for i in range(CHANNELS)], sfreq=100.0, time_points=TIME_POINTS,
+    info = CorpusInfo(channel_names=[f"E{i}" for i in range(CHANNELS)], sfreq=SFREQ, time_points=TIME_POINTS,
                       class_names=["a", "b", "c"], image_format="png", source="test", attribute_names=["hue"])
     sources = [RangeSource(s, min(num_samples, s + per_shard)) for s in range(0, num_samples, per_shard)]
     return write_corpus(root, info, sources, seed=0, **kw)
@@ -53,3 +53,42 @@ def data_cfg(root, **kw) -> DataConfig:
     defaults = dict(root=str(root), batch_size=8, shuffle_buffer=16, image_size=IMAGE, synthesize=False)
     defaults.update(kw)
     return DataConfig(**defaults)
+
+
+def assert_batches_match_reference(root, batches, cfg: DataConfig) -> int:
+    """Every row of ``batches`` equals an independent NumPy/SciPy/PIL decode of its sample (crop,
+    z-score with the training statistics, optional band-pass; image as stored). Returns the rows."""
+    import io
+    import json
+    import tarfile
+
+    from PIL import Image
+    from scipy import signal
+
+    from eeg2im_scale.data.manifest import Manifest
+
+    raw = {}
+    for shard in sorted((root / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                key, field = member.name.split(".", 1)
+                raw.setdefault(key, {})[field] = tar.extractfile(member).read()
+    mean, std = Manifest(root).eeg_stats(cfg.split_by)
+    rows = 0
+    for batch in batches:
+        assert len(batch["eeg"]) == len(batch["image"]) == len(batch["key"]) == len(batch["label"])
+        for i, key in enumerate(batch["key"]):
+            eeg = np.load(io.BytesIO(raw[key]["eeg.npy"])).astype(np.float32)
+            if cfg.eeg_window:
+                eeg = eeg[:, cfg.eeg_window[0]:cfg.eeg_window[1]]
+            eeg = (eeg - mean[:, None]) / std[:, None]
+            if cfg.bandpass:
+                eeg = signal.sosfiltfilt(signal.butter(4, cfg.bandpass, btype="bandpass", fs=SFREQ, output="sos"), eeg, axis=-1)
+            np.testing.assert_allclose(batch["eeg"][i].numpy(), eeg, rtol=1e-5, atol=1e-5, err_msg=key)
+            image = np.asarray(Image.open(io.BytesIO(raw[key]["png"])).convert("RGB")).transpose(2, 0, 1)
+            np.testing.assert_array_equal(batch["image"][i].numpy(), image, err_msg=key)
+            meta = json.loads(raw[key]["json"])
+            assert (int(batch["subject"][i]), batch["image_id"][i]) == (meta["subject"], meta["image_id"])
+            assert float(batch["attributes"][i, 0]) == np.float32(meta["attributes"]["hue"])
+            rows += 1
+    return rows

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import CHANNELS, TIME_POINTS, data_cfg
+from conftest import CHANNELS, TIME_POINTS, assert_batches_match_reference, data_cfg
 from eeg2im_scale.data.format import SampleError
 from eeg2im_scale.data.loader import EEGImageLoader
 
@@ -121,6 +121,16 @@ def test_truncated_shard_is_skipped_and_the_run_completes(broken_copy):
     assert [d["field"] for d in loader.dropped] == ["tar"]
     lost = set(train_split_keys(broken_copy)) - set(keys)
     assert lost and all(k.startswith("0000000") and 40 <= int(k) < 60 for k in lost)
+
+
+def test_a_dropped_sample_leaves_no_trace_in_its_batch(broken_copy):
+    """A sample that fails after its EEG was decoded into the batch (here: its image) gives its
+    slot to the next sample; no row holds any of its data."""
+    rewrite_member(broken_copy / "shards" / SHARD, KEY, MUTATIONS["image"][1])
+    cfg = data_cfg(broken_copy, on_error="skip", split_by="subject")
+    batches = list(EEGImageLoader(cfg, "train", train=False))
+    assert KEY not in {k for b in batches for k in b["key"]}
+    assert assert_batches_match_reference(broken_copy, batches, cfg) == len(train_split_keys(broken_copy)) - 1
 
 
 def test_training_with_skip_still_delivers_full_epochs(broken_copy):

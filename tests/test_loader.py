@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import CHANNELS, IMAGE, TIME_POINTS, data_cfg
+from conftest import CHANNELS, IMAGE, TIME_POINTS, assert_batches_match_reference, data_cfg
 from eeg2im_scale.data.loader import EEGImageLoader
 from eeg2im_scale.data.manifest import Manifest
 
@@ -89,6 +89,17 @@ def test_preprocessing_crops_and_normalises_with_training_statistics(random_corp
     raw = next(iter(EEGImageLoader(data_cfg(random_corpus, normalize=False, batch_size=200), "train", train=False)))
     mean, std = Manifest(random_corpus).eeg_stats("image")
     np.testing.assert_allclose(raw["eeg"].mean(dim=(0, 2)).numpy(), mean, atol=0.05)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("window, bandpass", [(None, None), ((1, 31), (5.0, 15.0))])
+def test_batches_equal_an_independent_per_sample_decode(random_corpus, num_workers, window, bandpass):
+    """The loader decodes into preallocated (in workers: shared-memory) batches; every row, the
+    partial last batch included, must equal a plain NumPy/SciPy/PIL decode of its sample."""
+    cfg = data_cfg(random_corpus, batch_size=7, num_workers=num_workers, eeg_window=window, bandpass=bandpass)
+    batches = list(EEGImageLoader(cfg, "train", train=False))
+    assert len(batches[-1]["key"]) < 7
+    assert assert_batches_match_reference(random_corpus, batches, cfg) == len(split_keys(random_corpus, "image", "train"))
 
 
 def test_bandpass_attenuates_out_of_band_power(random_corpus):

@@ -31,21 +31,37 @@ class EEGPreprocess:
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32)[:, None]
         self.inv_std = None if std is None else 1.0 / torch.as_tensor(std, dtype=torch.float32)[:, None]
 
+    def output_shape(self, eeg_shape: tuple[int, int]) -> tuple[int, int]:
+        channels, time_points = eeg_shape
+        return (channels, self.window[1] - self.window[0]) if self.window is not None else (channels, time_points)
+
     def __call__(self, eeg: torch.Tensor) -> torch.Tensor:
+        return self.into(torch.empty(self.output_shape(eeg.shape)), eeg)
+
+    def into(self, out: torch.Tensor, eeg: torch.Tensor) -> torch.Tensor:
+        """Write the preprocessed ``eeg`` into ``out`` (float32, :meth:`output_shape`) and return it;
+        ``eeg`` may be ``out`` itself (then the crop must be None)."""
         if self.window is not None:
             eeg = eeg[:, self.window[0]:self.window[1]]
+        if eeg is not out:
+            out.copy_(eeg)
         if self.mean is not None:
-            eeg = (eeg - self.mean).mul_(self.inv_std)
+            out.sub_(self.mean).mul_(self.inv_std)
         if self.sos is not None:
-            eeg = torch.from_numpy(signal.sosfiltfilt(self.sos, eeg.numpy(), axis=-1).astype(np.float32))
-        return eeg.contiguous()
+            filtered = out.numpy()
+            filtered[...] = signal.sosfiltfilt(self.sos, filtered, axis=-1)
+        return out
 
 
-def prepare_image(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 HWC → uint8 CHW at ``size``×``size`` (bicubic resize only when needed).
+def prepare_image(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 HWC → uint8 CHW at ``size``×``size`` (bicubic resize only when needed), written into
+    ``out`` when given.
 
     Images stay uint8 until they reach the model: four times less to move than float32.
     """
     if image.shape[0] != size or image.shape[1] != size:
         image = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
-    return np.ascontiguousarray(image.transpose(2, 0, 1))
+    if out is None:
+        return np.ascontiguousarray(image.transpose(2, 0, 1))
+    out[...] = image.transpose(2, 0, 1)
+    return out
