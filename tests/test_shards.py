@@ -2,14 +2,17 @@
 
 import io
 import json
+import struct
 import tarfile
+import zlib
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from conftest import CHANNELS, TIME_POINTS, random_samples, write_random_corpus
-from eeg2im_scale.data.format import load_npy, read_shard
+from eeg2im_scale.data.format import decode_image, load_npy, read_shard
 from eeg2im_scale.data.manifest import Manifest
 from eeg2im_scale.data.splits import assign_groups, group_counts
 
@@ -38,6 +41,40 @@ def test_cached_npy_reader_equals_np_load(array, version):
     np.testing.assert_array_equal(loaded, np.load(io.BytesIO(data)))
     with pytest.raises(ValueError, match="data bytes"):
         load_npy(data[:-1] if array.size else data + b"\0")
+
+
+def _png16(image: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG (PIL cannot write one)."""
+    height, width, _ = image.shape
+    rows = b"".join(b"\x00" + image[y].astype(">u2").tobytes() for y in range(height))
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def _encoded(image: np.ndarray, mode: str, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).convert(mode).save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def test_image_decoding_gives_pils_pixels():
+    """The loader decodes with torchvision (faster); every stored form must give what PIL gives."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 48)
+    smooth = np.stack([np.add.outer(ramp, ramp) / 2, np.outer(ramp, ramp) / 255, ramp[None].repeat(48, 0)], -1)
+    image = np.clip(smooth + rng.normal(0, 12, smooth.shape), 0, 255).astype(np.uint8)
+    cases = {f"png {mode}": _encoded(image, mode, "PNG") for mode in ("RGB", "RGBA", "L", "LA", "P")}
+    cases.update({f"jpeg q{q} {sub}": _encoded(image, "RGB", "JPEG", quality=q, subsampling=sub)
+                  for q in (75, 95) for sub in (0, 2)})
+    cases["png 16-bit"] = _png16(rng.integers(0, 2**16, (20, 30, 3)).astype(np.uint16))
+    for name, data in cases.items():
+        with Image.open(io.BytesIO(data)) as pil:
+            expected = np.asarray(pil.convert("RGB"))
+        for buffer in (data, bytearray(data)):
+            decoded = decode_image(buffer)
+            assert decoded.dtype == np.uint8, name
+            np.testing.assert_array_equal(decoded, expected, err_msg=name)
 
 
 def test_manifest_rows_and_metadata(random_corpus):

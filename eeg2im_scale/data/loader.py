@@ -216,9 +216,9 @@ class BatchBuilder:
         plan, slot = self.plan, len(self.key)
         if self.eeg is None:
             self._allocate(plan.batch_size)
-        sample = decode_sample(raw, raw["__url__"], plan.eeg_shape,
-                               eeg_out=self.eeg[slot] if self.full_eeg is None else self.full_eeg)
-        plan.preprocess.into(self.eeg[slot], sample.eeg)
+        eeg = self.eeg[slot]  # one view object: preprocess.into skips the copy when handed it back
+        sample = decode_sample(raw, raw["__url__"], plan.eeg_shape, eeg_out=eeg if self.full_eeg is None else self.full_eeg)
+        plan.preprocess.into(eeg, sample.eeg)
         prepare_image(sample.image, plan.image_size, out=self.image[slot].numpy())
         attrs = sample.meta.get("attributes", {})
         label = int(plan.label_map[sample.meta["label"]])
