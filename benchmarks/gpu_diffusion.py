@@ -31,8 +31,10 @@ half the batch, at most 3 times) records its error instead of ending the run.
 ``aot_eager`` backend; under a minute on an idle 2-core machine). ``--append FILE`` extends an
 earlier result file (rows carry ``run``; ``runs`` lists each call's argv and environment), so the
 grid can be split over several time-limited GPU calls; ``--engines``/``--compile-engines`` pick
-the engine rows (``--compile-engines zero2`` times a compiled UNet inside DeepSpeed). The ``eeg2im_scale.models`` package ``__init__`` imports
-braindecode, which GPU images may lack; it is bypassed here when braindecode is missing.
+the engine rows (``--compile-engines zero2`` times a compiled UNet inside DeepSpeed);
+``--profile N`` adds each row's top host and device ops over N profiled steps. The
+``eeg2im_scale.models`` package ``__init__`` imports braindecode, which GPU images may lack; it is
+bypassed here when braindecode is missing.
 """
 
 from __future__ import annotations
@@ -161,8 +163,32 @@ def make_batches(ctx, size: int, batch: int, n: int = 4) -> list[tuple[torch.Ten
              torch.randn(batch, ctx.cond_dim, device=ctx.device, generator=g)) for _ in range(n)]
 
 
-def time_steps(step, batches, warmup: int, steps: int, device: torch.device) -> dict:
-    """Warm-up (discarded), then ``steps`` timed steps between two synchronizations."""
+def profile_steps(step, batches, steps: int, device: torch.device, top: int = 12) -> dict:
+    """``steps`` more steps under ``torch.profiler``: the ops with the most self time per step, on
+    the device and on the host. Why: the throughput rows say *that* an engine is slower, these
+    say where its time goes (kernels, copies, host-side hooks, synchronisations)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(*batches[i % len(batches)])
+        sync(device)
+    events = prof.key_averages()
+
+    def table(attr: str) -> list[dict]:
+        ranked = sorted(events, key=lambda e: getattr(e, attr, 0), reverse=True)[:top]
+        return [{"op": e.key, "calls_per_step": round(e.count / steps, 1),
+                 "self_ms_per_step": round(getattr(e, attr, 0) / 1e3 / steps, 3)} for e in ranked if getattr(e, attr, 0)]
+
+    return {"steps": steps, "self_cpu_total_ms_per_step": round(sum(e.self_cpu_time_total for e in events) / 1e3 / steps, 3),
+            "top_host": table("self_cpu_time_total"),
+            **({"top_device": table("self_device_time_total")} if device.type == "cuda" else {})}
+
+
+def time_steps(step, batches, warmup: int, steps: int, device: torch.device, profile: int = 0) -> dict:
+    """Warm-up (discarded), then ``steps`` timed steps between two synchronizations, then
+    ``profile`` profiled steps (not timed)."""
     t0 = time.perf_counter()
     loss = None
     for i in range(warmup):
@@ -184,7 +210,8 @@ def time_steps(step, batches, warmup: int, steps: int, device: torch.device) -> 
     per_step.sort()
     return {"warmup_s": round(warmup_s, 3), "timed_s": round(wall, 4), "step_ms_median": round(per_step[len(per_step) // 2], 3),
             "step_ms_min": round(per_step[0], 3), "step_ms_max": round(per_step[-1], 3),
-            "loss_last": float(loss.detach().float()) if loss is not None else None}
+            "loss_last": float(loss.detach().float()) if loss is not None else None,
+            **({"profile": profile_steps(step, batches, profile, device)} if profile else {})}
 
 
 # ---- one configuration -----------------------------------------------------------------------------
@@ -213,7 +240,7 @@ def run_plain(ctx, size: int, batch: int, backend: str, compiled: bool, ddp: boo
         opt.zero_grad(set_to_none=True)
         return loss
 
-    return {**info, **time_steps(step, make_batches(ctx, size, batch), ctx.warmup, ctx.steps, device)}
+    return {**info, **time_steps(step, make_batches(ctx, size, batch), ctx.warmup, ctx.steps, device, ctx.profile)}
 
 
 def run_deepspeed(ctx, size: int, batch: int, backend: str, zero: int, compiled: bool = False) -> dict:
@@ -240,7 +267,7 @@ def run_deepspeed(ctx, size: int, batch: int, backend: str, zero: int, compiled:
 
     try:
         return {"ds_optimizer": type(engine.optimizer).__name__,
-                **time_steps(step, make_batches(ctx, size, batch), ctx.warmup, ctx.steps, device)}
+                **time_steps(step, make_batches(ctx, size, batch), ctx.warmup, ctx.steps, device, ctx.profile)}
     finally:
         if hasattr(engine, "destroy"):
             engine.destroy()
@@ -446,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile-engines", default="", help="engines also timed with a compiled UNet (sdpa), e.g. zero2")
     ap.add_argument("--append", type=Path, default=None,
                     help="an earlier gpu_diffusion.json whose rows this run extends (same model; rows get 'run')")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="after each row's timed steps, profile this many more and store the top ops (0: off)")
     ap.add_argument("--time-budget-s", type=float, default=0, help="skip the remaining rows after this (0: none)")
     args = ap.parse_args(argv)
 
@@ -471,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = types.SimpleNamespace(device=device, cfg=cfg, dcfg=dcfg, cond_dim=cfg.model.highlevel.embed_dim
                                 + cfg.model.lowlevel.latent_dim, lr=cfg.train.diffusion.lr, warmup=warmup, steps=steps,
                                 compile_backend="inductor" if device.type == "cuda" else "aot_eager",
-                                compile_used=False, budget_s=args.time_budget_s, t_start=time.perf_counter(),
+                                compile_used=False, profile=args.profile, budget_s=args.time_budget_s, t_start=time.perf_counter(),
                                 flops={}, log=lambda s: print(s, file=sys.stderr, flush=True))
     env = environment(device)
     env["eeg2im_scale_models_import"] = import_how
@@ -508,7 +537,9 @@ def main(argv: list[str] | None = None) -> int:
                               "compilation is inside warmup_s",
                    "engines": "1-rank process group in this process; DDP = DistributedDataParallel + plain step",
                    "oom_policy": f"retry at half the batch, at most {OOM_RETRIES} times (oom_at_batch lists failures)",
-                   "tf32": device.type == "cuda"},
+                   "tf32": device.type == "cuda",
+                   "profile": (f"{args.profile} more steps per row under torch.profiler; top ops by self time per "
+                               "step, host (CPU) and device (CUDA)") if args.profile else None},
         "flops": {},
         "results": [],
     }

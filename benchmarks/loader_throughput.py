@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import psutil
@@ -74,7 +74,7 @@ class Bench:
     shuffle_buffer: int = DataConfig.shuffle_buffer
     max_batches: int = 0  # 0: one full epoch of the train split
     warmup_batches: int = 2
-    repeats: int = 3
+    repeats: int = 5
     synth_workers: int = 2
 
     def synth(self, num_samples: int) -> SynthConfig:
@@ -235,36 +235,17 @@ def _median_of(passes: list[dict]) -> dict:
     return summary
 
 
-def measure_streaming(bench: Bench, root: Path, num_workers: int) -> dict:
-    """Training epochs of the train split (a new epoch, hence new shuffle, every pass)."""
-    loader = EEGImageLoader(bench.data(root, num_workers), "train")
-    _warm_up(loader, bench.warmup_batches)
-    return _median_of([streaming_epoch(bench, loader, epoch) for epoch in range(1, bench.repeats + 1)])
-
-
 def streaming_epoch(bench: Bench, loader: EEGImageLoader, epoch: int) -> dict:
     """One timed training epoch (a new epoch, hence a new shuffle)."""
     loader.set_epoch(epoch)
     return time_pass(loader, bench.max_batches, skip=max(1, loader.num_workers))
 
 
-def measure_baseline(bench: Bench, dataset: PublishedStyleDataset, num_workers: int) -> dict:
-    """Shuffled passes over the train split; the dataset (its ``torch.load``) is built beforehand."""
-    loader = published_loader(dataset, bench.batch_size, num_workers)
-    _warm_up(loader, bench.warmup_batches)
-    return _median_of([time_pass(loader, bench.max_batches, skip=max(1, num_workers)) for _ in range(bench.repeats)])
-
-
-def measure_decode_ceiling(bench: Bench, root: Path) -> dict:
-    """Raw train samples read into memory first (untimed), then decoded, preprocessed and
-    batched by the loader's own code (``BatchBuilder``: ``decode_sample`` → ``EEGPreprocess`` →
-    ``prepare_image``, straight into the batch's tensors), in one process, no I/O.
-
-    Its passes alternate with streaming passes (0 workers) in this process, and the ratio is taken
-    from those pairs: measured one after the other, whichever ran later found a warmer heap (fewer
-    page faults for the same allocations), and the ratio moved by up to 1.5× between runs."""
-    loader = EEGImageLoader(bench.data(root, 0), "train")
-    plan = loader.plan
+def decode_ceiling_batches(bench: Bench, plan) -> tuple[Callable[[], Iterator[dict]], int]:
+    """The ceiling: raw train samples read into memory first (untimed), then decoded,
+    preprocessed and batched by the loader's own code (``BatchBuilder``: ``decode_sample`` →
+    ``EEGPreprocess`` → ``prepare_image``, straight into the batch's tensors), in one process, no
+    I/O. Returns a pass factory and the raw bytes held."""
     wanted = bench.max_batches * bench.batch_size if bench.max_batches else None
     raws = [raw for entry in plan.shards for raw in read_shard(entry.path) if plan.member[int(raw["__key__"])]]
     raws = raws[:wanted]
@@ -276,22 +257,50 @@ def measure_decode_ceiling(bench: Bench, root: Path) -> dict:
                 batch.add(raw)
             yield batch.finish()
 
-    _warm_up(batches(), bench.warmup_batches)
-    _warm_up(loader, bench.warmup_batches)
-    ceiling_passes, streaming_passes = [], []
+    return batches, sum(len(v) for raw in raws for v in raw.values() if isinstance(v, (bytes, bytearray)))
+
+
+def measure_throughput(bench: Bench, root: Path, log=print) -> dict:
+    """Streaming and published-style loaders at each worker count, and the decode ceiling, in
+    rounds: every round times one pass of each, so the machine's load drifts over all of them
+    alike. Timed one configuration after the other, a busy minute on this shared 2-core machine
+    landed on whichever ran then, and figures moved by up to 1.5x between runs."""
+    streaming = {w: EEGImageLoader(bench.data(root, w), "train") for w in bench.workers}
+    dataset = PublishedStyleDataset(root, "train", bench.image_size)
+    baseline = {w: published_loader(dataset, bench.batch_size, w) for w in bench.workers}
+    ceiling, raw_bytes = decode_ceiling_batches(bench, streaming[bench.workers[0]].plan)
+    passes: dict[str, Callable[[int], dict]] = {}
+    for w, loader in streaming.items():
+        passes[f"streaming/workers_{w}"] = lambda epoch, loader=loader: streaming_epoch(bench, loader, epoch)
+    for w, loader in baseline.items():
+        passes[f"baseline_published/workers_{w}"] = lambda epoch, loader=loader, w=w: time_pass(
+            loader, bench.max_batches, skip=max(1, w))
+    passes["decode_ceiling"] = lambda epoch: time_pass(ceiling(), 0, skip=1)
+    for loader in [*streaming.values(), *baseline.values()]:
+        _warm_up(loader, bench.warmup_batches)
+    _warm_up(ceiling(), bench.warmup_batches)
+    timed: dict[str, list[dict]] = {name: [] for name in passes}
     for epoch in range(1, bench.repeats + 1):
-        streaming_passes.append(streaming_epoch(bench, loader, epoch))
-        ceiling_passes.append(time_pass(batches(), 0, skip=1))
-    summary = _median_of(ceiling_passes)
-    summary["raw_bytes_in_memory"] = sum(len(v) for raw in raws for v in raw.values() if isinstance(v, (bytes, bytearray)))
-    streaming = _median_of(streaming_passes)
-    summary["streaming_workers_0_alternated"] = streaming
-    for name, figure in (("", "samples_per_s"), ("_steady", "steady_samples_per_s")):
-        value, limit = streaming[figure], summary[figure]
-        summary[f"ratio_streaming_workers_0{name}"] = round(value / limit, 3) if value and limit else None
-    summary["ratio_each_pair"] = [round(s["samples_per_s"] / c["samples_per_s"], 3)
-                                  for s, c in zip(streaming_passes, ceiling_passes)]
-    return summary
+        log(f"round {epoch}/{bench.repeats}: {', '.join(passes)}")
+        for name, one_pass in passes.items():
+            timed[name].append(one_pass(epoch))
+    result: dict = {"streaming": {}, "baseline_published": {}}
+    for name, runs in timed.items():
+        kind, _, workers = name.partition("/")
+        if workers:
+            result[kind][workers] = _median_of(runs)
+        else:
+            result[kind] = _median_of(runs)
+    summary = result["decode_ceiling"]
+    summary["raw_bytes_in_memory"] = raw_bytes
+    if 0 in bench.workers:
+        streaming0 = result["streaming"]["workers_0"]
+        for name, figure in (("", "samples_per_s"), ("_steady", "steady_samples_per_s")):
+            value, limit = streaming0[figure], summary[figure]
+            summary[f"ratio_streaming_workers_0{name}"] = round(value / limit, 3) if value and limit else None
+        summary["ratio_each_round"] = [round(s["samples_per_s"] / c["samples_per_s"], 3)
+                                       for s, c in zip(timed["streaming/workers_0"], timed["decode_ceiling"])]
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,17 +367,7 @@ def run(bench: Bench, log=print) -> dict:
 
     size = str(min(bench.sizes))
     root = Path(corpora[size]["root"])
-    streaming, baseline = {}, {}
-    for w in bench.workers:
-        log(f"streaming, {w} workers ...")
-        streaming[f"workers_{w}"] = measure_streaming(bench, root, w)
-    dataset = PublishedStyleDataset(root, "train", bench.image_size)
-    for w in bench.workers:
-        log(f"baseline, {w} workers ...")
-        baseline[f"workers_{w}"] = measure_baseline(bench, dataset, w)
-    del dataset
-    log("decode ceiling ...")
-    ceiling = measure_decode_ceiling(bench, root)
+    throughput = measure_throughput(bench, root, log)
 
     memory = {}
     for size_key, info in corpora.items():
@@ -391,7 +390,8 @@ def run(bench: Bench, log=print) -> dict:
                      "throughput_corpus_samples": int(size), "torch_threads": TORCH_THREADS},
         "measured": {
             "throughput": f"on the {size}-sample corpus; each figure is the median of {bench.repeats} passes of "
-                          f"{per_pass}, after {bench.warmup_batches} warm-up batches; samples_per_s and mb_per_s "
+                          f"{per_pass}, after {bench.warmup_batches} warm-up batches; passes run in rounds, one "
+                          "pass of every loader and of the ceiling per round; samples_per_s and mb_per_s "
                           "count from the call to iter() to the last batch (worker start and shuffle-buffer fill "
                           "included); steady_samples_per_s excludes the first max(1, workers) batches; mb_per_s "
                           "counts every tensor delivered in the batches",
@@ -400,8 +400,8 @@ def run(bench: Bench, log=print) -> dict:
                                   "with PIL per sample; map-style Dataset, DataLoader(shuffle=True); the torch.load "
                                   "happens once before timing",
             "decode_ceiling": "train-split raw sample bytes held in memory, decoded into batches with the loader's "
-                              "BatchBuilder in one process; its passes alternate with streaming passes (0 workers, "
-                              "streaming_workers_0_alternated) and ratio_* = streaming / ceiling medians of those",
+                              "BatchBuilder in one process; ratio_* = streaming (0 workers) / ceiling medians; "
+                              "ratio_each_round = the same per round",
             "memory": f"peak RSS (VmHWM) of a fresh child process, num_workers=0, running {per_pass}; "
                       "rss_after_imports is the same process before building the loader",
             "cost_growth": "per corpus size: writing (synthesis + shard writing, synth_workers processes) and one "
@@ -410,9 +410,7 @@ def run(bench: Bench, log=print) -> dict:
                            "linear time / flat memory",
         },
         "corpora": corpora,
-        "streaming": streaming,
-        "baseline_published": baseline,
-        "decode_ceiling": ceiling,
+        **throughput,
         "memory": memory,
         "cost_growth": growth,
         "runtime_s": round(time.perf_counter() - started, 1),
