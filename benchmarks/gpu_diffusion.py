@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                    "warmup_steps_discarded": warmup, "timed_steps": steps,
                    "data": "synthetic tensors pre-made on the device (4 batches in rotation): compute only, no data wait",
                    "precision_plain": "fp32 weights + torch.autocast(bfloat16); torch.optim.AdamW (foreach); grad clip 1.0",
-                   "precision_deepspeed": "repo build_deepspeed_config: bf16 weights, fp32 master, torch_adam AdamW, "
+                   "precision_deepspeed": "repo build_deepspeed_config: bf16 weights, fp32 master, torch_adam AdamW (fused), "
                                           "WarmupCosineLR, grad clip 1.0",
                    "flops": "train.metrics.training_flops_per_sample: 3 x forward FLOPs (FlopCounterMode, naive "
                             "attention processor, batch 2, fp32), same count for every backend",

@@ -9,22 +9,33 @@ from ..config import ConfigError, StageConfig, TrainConfig, merge_dicts
 
 
 def _scheduler(train: TrainConfig, stage: StageConfig) -> dict:
+    """DeepSpeed's warm-up schedulers refuse 0 warm-up steps and always warm up from their minimum;
+    ``warmup_steps: 0`` (or a 1-step stage) therefore becomes one warm-up step whose minimum is the
+    full rate: no warm-up, as the config documents. WarmupCosineLR also sets a rate of 0 before its
+    first step unless told that step 0 has begun (``last_batch_iteration: 0``)."""
     warmup = min(stage.warmup_steps, max(stage.steps - 1, 0))
+    start = 0.0 if warmup else 1.0  # the rate warm-up starts from, as a fraction of stage.lr
+    steps = max(warmup, 1)
     if train.lr_schedule == "cosine":
-        return {"type": "WarmupCosineLR", "params": {"total_num_steps": stage.steps, "warmup_num_steps": warmup,
-                                                     "warmup_min_ratio": 0.0, "cos_min_ratio": 0.1}}
+        return {"type": "WarmupCosineLR", "params": {"total_num_steps": stage.steps, "warmup_num_steps": steps,
+                                                     "warmup_min_ratio": start, "cos_min_ratio": 0.1,
+                                                     **({} if warmup else {"last_batch_iteration": 0})}}
     if train.lr_schedule == "linear":
-        return {"type": "WarmupDecayLR", "params": {"total_num_steps": stage.steps, "warmup_num_steps": warmup,
-                                                    "warmup_min_lr": 0.0, "warmup_max_lr": stage.lr}}
-    return {"type": "WarmupLR", "params": {"warmup_num_steps": warmup, "warmup_min_lr": 0.0, "warmup_max_lr": stage.lr}}
+        return {"type": "WarmupDecayLR", "params": {"total_num_steps": stage.steps, "warmup_num_steps": steps,
+                                                    "warmup_min_lr": start * stage.lr, "warmup_max_lr": stage.lr}}
+    return {"type": "WarmupLR", "params": {"warmup_num_steps": steps, "warmup_min_lr": start * stage.lr,
+                                           "warmup_max_lr": stage.lr}}
 
 
 def build_deepspeed_config(train: TrainConfig, stage: StageConfig, micro_batch: int, world_size: int,
                            on_gpu: bool) -> dict:
     """ZeRO stage, precision, accumulation, clipping, AdamW and warm-up/decay for one stage.
 
-    AdamW is PyTorch's (``torch_adam``) so no C++/CUDA op is JIT-compiled; a user JSON
-    (``train.deepspeed_config``) may replace any of it, e.g. with DeepSpeed's FusedAdam.
+    AdamW is PyTorch's (``torch_adam``) so no C++/CUDA op is JIT-compiled, and its fused kernel
+    (``fused``; CPU and CUDA): ZeRO-1/2 hand it one flat fp32 partition, on which the unfused
+    update made 79 M-element temporaries every step, 8x slower on the CPU (366 vs 45 ms for the
+    diffusion UNet). A user JSON (``train.deepspeed_config``) may replace any of it, e.g. with
+    DeepSpeed's FusedAdam.
     """
     if train.precision == "fp16" and not on_gpu:
         raise ConfigError("train.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
@@ -38,7 +49,8 @@ def build_deepspeed_config(train: TrainConfig, stage: StageConfig, micro_batch: 
         "gradient_clipping": train.grad_clip,
         "zero_optimization": zero,
         "optimizer": {"type": "AdamW", "params": {"lr": stage.lr, "weight_decay": stage.weight_decay,
-                                                  "betas": [0.9, 0.999], "eps": 1e-8, "torch_adam": True}},
+                                                  "betas": [0.9, 0.999], "eps": 1e-8, "torch_adam": True,
+                                                  "fused": True}},
         "scheduler": _scheduler(train, stage),
         "bf16": {"enabled": train.precision == "bf16"},
         "fp16": {"enabled": train.precision == "fp16", "initial_scale_power": 16},
