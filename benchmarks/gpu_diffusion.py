@@ -266,7 +266,8 @@ def run_deepspeed(ctx, size: int, batch: int, backend: str, zero: int, compiled:
         return loss
 
     try:
-        return {"ds_optimizer": type(engine.optimizer).__name__,
+        basic = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps torch's AdamW
+        return {"ds_optimizer": type(engine.optimizer).__name__, "adamw_fused": bool(basic.defaults.get("fused")),
                 **time_steps(step, make_batches(ctx, size, batch), ctx.warmup, ctx.steps, device, ctx.profile)}
     finally:
         if hasattr(engine, "destroy"):

@@ -42,10 +42,12 @@ def loader_section(data: dict) -> list[str]:
                  f"{ceiling['mb_per_s']:.0f}"])
     out += _table(["loader", "workers", "samples/s", "MB/s"], rows)
     rounds = ceiling.get("ratio_each_round")
-    out += ["", f"Streaming with 0 workers reaches {ceiling['ratio_streaming_workers_0']:.2f} of the decode ceiling "
-                f"({ceiling['ratio_streaming_workers_0_steady']:.2f} in steady state)"
-                + (f"; all rows were timed in alternating rounds, and round by round the ratio was "
-                   f"{', '.join(f'{r:.2f}' for r in rounds)}" if rounds else "") + ".", ""]
+    if "ratio_streaming_workers_0" in ceiling:  # measured only when 0 workers were
+        out += ["", f"Streaming with 0 workers reaches {ceiling['ratio_streaming_workers_0']:.2f} of the decode "
+                    f"ceiling ({ceiling['ratio_streaming_workers_0_steady']:.2f} in steady state)"
+                    + (f"; all rows were timed in alternating rounds, and round by round the ratio was "
+                       f"{', '.join(f'{r:.2f}' for r in rounds)}" if rounds else "") + "."]
+    out += [""]
     growth = cost_growth(data["corpora"], data["memory"])
     rows = [[f"{g['samples']:,}", f"{g['write_s_per_ksample']:.1f}", f"{g['stream_s_per_ksample']:.2f}",
              f"{g['streaming_peak_rss_mib']:.0f}", f"{g['baseline_peak_rss_mib']:.0f}"] for g in growth["sizes"].values()]

@@ -74,6 +74,7 @@ def assert_batches_match_reference(root, batches, cfg: DataConfig) -> int:
                 key, field = member.name.split(".", 1)
                 raw.setdefault(key, {})[field] = tar.extractfile(member).read()
     mean, std = Manifest(root).eeg_stats(cfg.split_by)
+    label_map = Manifest.for_data(cfg).label_map
     rows = 0
     for batch in batches:
         assert len(batch["eeg"]) == len(batch["image"]) == len(batch["key"]) == len(batch["label"])
@@ -88,7 +89,8 @@ def assert_batches_match_reference(root, batches, cfg: DataConfig) -> int:
             image = np.asarray(Image.open(io.BytesIO(raw[key]["png"])).convert("RGB")).transpose(2, 0, 1)
             np.testing.assert_array_equal(batch["image"][i].numpy(), image, err_msg=key)
             meta = json.loads(raw[key]["json"])
-            assert (int(batch["subject"][i]), batch["image_id"][i]) == (meta["subject"], meta["image_id"])
+            assert (int(batch["label"][i]), int(batch["subject"][i]), batch["image_id"][i]) == (
+                label_map[meta["label"]], meta["subject"], meta["image_id"])
             assert float(batch["attributes"][i, 0]) == np.float32(meta["attributes"]["hue"])
             rows += 1
     return rows

@@ -29,6 +29,7 @@ MUTATIONS = {
     "image": ("png", lambda m: {**m, "png": b"this is not a png"}),
     "missing": ("json", lambda m: {k: v for k, v in m.items() if k != "json"}),
     "label": ("json.label", lambda m: {**m, "json": b'{"subject": 1}'}),
+    "attributes": ("json.attributes", lambda m: {**m, "json": b'{"label": 0, "subject": 1, "attributes": {"hue": "red"}}'}),
 }
 
 

@@ -126,6 +126,20 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert "zero_stage: 3" in capsys.readouterr().out
 
 
+def test_a_user_json_choosing_deepspeeds_adam_drops_torchs_fused_flag(tmp_path):
+    """FusedAdam / DeepSpeedCPUAdam take no ``fused`` argument, and torch refuses it with ``foreach``."""
+    from eeg2im_scale.train.ds_config import build_deepspeed_config
+
+    for params in ({"torch_adam": False}, {"foreach": True}):
+        patch = tmp_path / "patch.json"
+        patch.write_text(json.dumps({"optimizer": {"params": params}}))
+        cfg = load_config(CONFIG, [f"train.deepspeed_config={patch}"])
+        built = build_deepspeed_config(cfg.train, cfg.train.teacher, 8, 1, on_gpu=False)["optimizer"]["params"]
+        assert "fused" not in built and built["lr"] == cfg.train.teacher.lr, built
+    cfg = load_config(CONFIG)
+    assert build_deepspeed_config(cfg.train, cfg.train.teacher, 8, 1, on_gpu=False)["optimizer"]["params"]["fused"]
+
+
 def test_fp16_on_cpu_is_refused_with_the_fix():
     from eeg2im_scale.config import ConfigError
     from eeg2im_scale.train.ds_config import build_deepspeed_config
@@ -185,12 +199,14 @@ def test_zero_warmup_steps_start_at_the_full_rate(schedule):
     from eeg2im_scale.train.ds_config import build_deepspeed_config
 
     init_distributed(timeout_s=60)
-    for warmup, steps in ((0, 20), (5, 1)):
+    for warmup, steps in ((0, 20), (5, 1), (5, 2)):
         cfg = load_config(CONFIG, [f"train.lr_schedule={schedule}", f"train.lowlevel.warmup_steps={warmup}",
                                    f"train.lowlevel.steps={steps}"])
         model = torch.nn.Linear(2, 2)
         engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
                                           config=build_deepspeed_config(cfg.train, cfg.train.lowlevel, 2, 1, False))
+        assert engine.get_lr()[0] == pytest.approx(cfg.train.lowlevel.lr), (warmup, steps)
+        engine.lr_scheduler.step()  # the rate of the second step
         assert engine.get_lr()[0] == pytest.approx(cfg.train.lowlevel.lr), (warmup, steps)
         engine.destroy()
 

@@ -192,7 +192,7 @@ class BatchBuilder:
     decode time, and the transient 225 KB tensors (64 per batch) interleaved with the shuffle
     buffer's raw samples on the heap: a streaming epoch took ~15 page faults per sample for them.
     In a DataLoader worker the tensors are allocated in shared memory, so handing the batch to
-    the main process does not copy it again."""
+    the main process does not copy it again (with ``pin_memory`` on a CUDA host, pinning does)."""
 
     def __init__(self, plan: StreamPlan):
         self.plan = plan
@@ -221,22 +221,25 @@ class BatchBuilder:
         plan.preprocess.into(eeg, sample.eeg)
         prepare_image(sample.image, plan.image_size, out=self.image[slot].numpy())
         attrs = sample.meta.get("attributes", {})
+        try:
+            attributes = [float(attrs.get(name, np.nan)) for name in plan.attribute_names]
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise SampleError(raw["__url__"], sample.key, "json.attributes", f"not numbers: {exc}") from None
         label = int(plan.label_map[sample.meta["label"]])
         self.label.append(label)
         self.subject.append(sample.meta["subject"])
         self.image_id.append(str(sample.meta.get("image_id", "")))
-        self.attributes.append([float(attrs.get(name, np.nan)) for name in plan.attribute_names])
+        self.attributes.append(attributes)
         self.key.append(sample.key)
 
     def finish(self) -> dict:
-        """The batch as a dict of tensors and lists; a partial batch is cut to its samples."""
+        """The batch as a dict of tensors and lists; a partial batch is a view of its samples."""
         count = len(self.key)
         if self.eeg is None:
             self._allocate(0)
-        full = count == len(self.eeg)
         batch = {
-            "eeg": self.eeg if full else self.eeg[:count].clone(),
-            "image": self.image if full else self.image[:count].clone(),
+            "eeg": self.eeg[:count],
+            "image": self.image[:count],
             "label": torch.tensor(self.label, dtype=torch.long),
             "subject": torch.tensor(self.subject, dtype=torch.long),
             "key": self.key,

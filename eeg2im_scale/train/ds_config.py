@@ -9,11 +9,12 @@ from ..config import ConfigError, StageConfig, TrainConfig, merge_dicts
 
 
 def _scheduler(train: TrainConfig, stage: StageConfig) -> dict:
-    """DeepSpeed's warm-up schedulers refuse 0 warm-up steps and always warm up from their minimum;
-    ``warmup_steps: 0`` (or a 1-step stage) therefore becomes one warm-up step whose minimum is the
-    full rate: no warm-up, as the config documents. WarmupCosineLR also sets a rate of 0 before its
-    first step unless told that step 0 has begun (``last_batch_iteration: 0``)."""
-    warmup = min(stage.warmup_steps, max(stage.steps - 1, 0))
+    """DeepSpeed's warm-up schedulers refuse 0 warm-up steps and run the first two steps of any
+    warm-up at their minimum. ``warmup_steps: 0`` therefore becomes one warm-up step whose minimum
+    is the full rate: no warm-up, as the config documents; so does a stage of one or two steps,
+    which a warm-up would leave untrained. WarmupCosineLR also sets a rate of 0 before its first
+    step unless told that step 0 has begun (``last_batch_iteration: 0``)."""
+    warmup = min(stage.warmup_steps, stage.steps - 1) if stage.steps > 2 else 0
     start = 0.0 if warmup else 1.0  # the rate warm-up starts from, as a fraction of stage.lr
     steps = max(warmup, 1)
     if train.lr_schedule == "cosine":
@@ -72,6 +73,9 @@ def build_deepspeed_config(train: TrainConfig, stage: StageConfig, micro_batch: 
             if config[key] != value:
                 raise ConfigError(f"{path}: {key} {config[key]} contradicts {knob}={value}; remove {key} from the "
                                   f"JSON and set {knob}={config[key]} instead")
+        params = config.get("optimizer", {}).get("params", {})
+        if not params.get("torch_adam") or "foreach" in params:
+            params.pop("fused", None)  # DeepSpeed's own Adam takes no such argument; torch refuses it with foreach
         expected = micro_batch * train.grad_accum * world_size
         if config["train_batch_size"] != expected:
             raise ConfigError(f"{path}: train_batch_size {config['train_batch_size']} is impossible with "
