@@ -269,28 +269,28 @@ def measure_throughput(bench: Bench, root: Path, log=print) -> dict:
     dataset = PublishedStyleDataset(root, "train", bench.image_size)
     baseline = {w: published_loader(dataset, bench.batch_size, w) for w in bench.workers}
     ceiling, raw_bytes = decode_ceiling_batches(bench, streaming[bench.workers[0]].plan)
-    passes: dict[str, Callable[[int], dict]] = {}
+    # (section, workers or None) -> one timed pass of that epoch
+    passes: dict[tuple[str, int | None], Callable[[int], dict]] = {}
     for w, loader in streaming.items():
-        passes[f"streaming/workers_{w}"] = lambda epoch, loader=loader: streaming_epoch(bench, loader, epoch)
+        passes["streaming", w] = lambda epoch, loader=loader: streaming_epoch(bench, loader, epoch)
     for w, loader in baseline.items():
-        passes[f"baseline_published/workers_{w}"] = lambda epoch, loader=loader, w=w: time_pass(
+        passes["baseline_published", w] = lambda epoch, loader=loader, w=w: time_pass(
             loader, bench.max_batches, skip=max(1, w))
-    passes["decode_ceiling"] = lambda epoch: time_pass(ceiling(), 0, skip=1)
+    passes["decode_ceiling", None] = lambda epoch: time_pass(ceiling(), 0, skip=1)
     for loader in [*streaming.values(), *baseline.values()]:
         _warm_up(loader, bench.warmup_batches)
     _warm_up(ceiling(), bench.warmup_batches)
-    timed: dict[str, list[dict]] = {name: [] for name in passes}
+    timed: dict[tuple[str, int | None], list[dict]] = {name: [] for name in passes}
     for epoch in range(1, bench.repeats + 1):
-        log(f"round {epoch}/{bench.repeats}: {', '.join(passes)}")
+        log(f"round {epoch}/{bench.repeats}")
         for name, one_pass in passes.items():
             timed[name].append(one_pass(epoch))
     result: dict = {"streaming": {}, "baseline_published": {}}
-    for name, runs in timed.items():
-        kind, _, workers = name.partition("/")
-        if workers:
-            result[kind][workers] = _median_of(runs)
+    for (section, workers), runs in timed.items():
+        if workers is None:
+            result[section] = _median_of(runs)
         else:
-            result[kind] = _median_of(runs)
+            result[section][f"workers_{workers}"] = _median_of(runs)
     summary = result["decode_ceiling"]
     summary["raw_bytes_in_memory"] = raw_bytes
     if 0 in bench.workers:
@@ -299,7 +299,7 @@ def measure_throughput(bench: Bench, root: Path, log=print) -> dict:
             value, limit = streaming0[figure], summary[figure]
             summary[f"ratio_streaming_workers_0{name}"] = round(value / limit, 3) if value and limit else None
         summary["ratio_each_round"] = [round(s["samples_per_s"] / c["samples_per_s"], 3)
-                                       for s, c in zip(timed["streaming/workers_0"], timed["decode_ceiling"])]
+                                       for s, c in zip(timed["streaming", 0], timed["decode_ceiling", None])]
     return result
 
 

@@ -41,8 +41,8 @@ def loader_section(data: dict) -> list[str]:
     rows.append(["pure decode ceiling (bytes in memory, 1 process)", "–", f"{ceiling['samples_per_s']:.0f}",
                  f"{ceiling['mb_per_s']:.0f}"])
     out += _table(["loader", "workers", "samples/s", "MB/s"], rows)
-    rounds = ceiling.get("ratio_each_round")
     if "ratio_streaming_workers_0" in ceiling:  # measured only when 0 workers were
+        rounds = ceiling.get("ratio_each_round")
         out += ["", f"Streaming with 0 workers reaches {ceiling['ratio_streaming_workers_0']:.2f} of the decode "
                     f"ceiling ({ceiling['ratio_streaming_workers_0_steady']:.2f} in steady state)"
                     + (f"; all rows were timed in alternating rounds, and round by round the ratio was "

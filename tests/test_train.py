@@ -152,25 +152,32 @@ def test_fp16_on_cpu_is_refused_with_the_fix():
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] and ds["train_batch_size"] == 32
 
 
-@pytest.mark.parametrize("zero_stage", [0, 2])
-def test_engines_run_adamw_as_one_fused_kernel(zero_stage):
-    """ZeRO-1/2 hand AdamW one flat fp32 partition; unfused, every step made parameter-sized
-    temporaries (8x slower on the CPU). The real engine must call the fused kernel, and its
-    update must be AdamW's."""
+def one_rank_engine(cfg, stage, model):
+    """A real DeepSpeed engine in this process (world size 1) from the repo's generated config."""
     import deepspeed
-    import torch
 
     from eeg2im_scale.train.distributed import init_distributed
     from eeg2im_scale.train.ds_config import build_deepspeed_config
 
     init_distributed(timeout_s=60)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
+                                      config=build_deepspeed_config(cfg.train, stage, 2, 1, on_gpu=False))
+    return engine
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_engines_run_adamw_as_one_fused_kernel(zero_stage):
+    """ZeRO-1/2 hand AdamW one flat fp32 partition; unfused, every step made parameter-sized
+    temporaries (8x slower on the CPU). The real engine must call the fused kernel, and its
+    update must be AdamW's."""
+    import torch
+
     cfg = load_config(CONFIG, [f"train.zero_stage={zero_stage}", "train.grad_clip=0", "train.lowlevel.warmup_steps=0"])
     model = torch.nn.Linear(8, 4)
     reference = torch.nn.Linear(8, 4)
     reference.load_state_dict(model.state_dict())
     stage = cfg.train.lowlevel
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
-                                      config=build_deepspeed_config(cfg.train, stage, 2, 1, on_gpu=False))
+    engine = one_rank_engine(cfg, stage, model)
     basic = engine.optimizer.optimizer if zero_stage else engine.optimizer
     assert isinstance(basic, torch.optim.AdamW) and basic.defaults["fused"]
     x, lr = torch.randn(2, 8), engine.get_lr()[0]
@@ -192,19 +199,12 @@ def test_engines_run_adamw_as_one_fused_kernel(zero_stage):
 def test_zero_warmup_steps_start_at_the_full_rate(schedule):
     """DeepSpeed's schedulers refuse 0 warm-up steps (the engine failed to build) and start warm-up
     at their minimum; the config documents 0 as "off": the first step must run at stage.lr."""
-    import deepspeed
     import torch
 
-    from eeg2im_scale.train.distributed import init_distributed
-    from eeg2im_scale.train.ds_config import build_deepspeed_config
-
-    init_distributed(timeout_s=60)
     for warmup, steps in ((0, 20), (5, 1), (5, 2)):
         cfg = load_config(CONFIG, [f"train.lr_schedule={schedule}", f"train.lowlevel.warmup_steps={warmup}",
                                    f"train.lowlevel.steps={steps}"])
-        model = torch.nn.Linear(2, 2)
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
-                                          config=build_deepspeed_config(cfg.train, cfg.train.lowlevel, 2, 1, False))
+        engine = one_rank_engine(cfg, cfg.train.lowlevel, torch.nn.Linear(2, 2))
         assert engine.get_lr()[0] == pytest.approx(cfg.train.lowlevel.lr), (warmup, steps)
         engine.lr_scheduler.step()  # the rate of the second step
         assert engine.get_lr()[0] == pytest.approx(cfg.train.lowlevel.lr), (warmup, steps)
