@@ -260,6 +260,12 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Te
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
+def _as_built(batch: dict) -> dict:
+    """The DataLoader's ``collate_fn``: batches leave :class:`BatchBuilder` finished, and the
+    default (``default_convert``) walked every list of every batch again: 2 µs per sample, 1 %."""
+    return batch
+
+
 class _WorkerDataset(IterableDataset):
     def __init__(self, plan: StreamPlan, epoch: int, batches_done: int, cursors: list[int]):
         self.plan, self.epoch, self.batches_done, self.cursors = plan, epoch, batches_done, cursors
@@ -351,6 +357,7 @@ class EEGImageLoader:
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=4 if self.num_workers else None,
                             persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                            collate_fn=_as_built,
                             # its own generator: starting an iterator must not draw from the global RNG,
                             # or a resumed run's dropout/noise would diverge from the uninterrupted one
                             generator=torch.Generator().manual_seed(self.cfg.seed))
