@@ -1,6 +1,7 @@
 """The shard tar reader against Python's tarfile, and its failures on damaged archives."""
 
 import io
+import random
 import tarfile
 
 import pytest
@@ -104,3 +105,18 @@ def test_a_cut_inside_a_sample_keeps_the_samples_before_it_and_names_it(tmp_path
                 delivered.append(sample["__key__"])
         assert delivered == expected
         assert (err.value.key, err.value.field) == ("000000002", "tar")
+
+
+def test_checksum_accepts_correct_headers_and_refuses_any_single_byte_change():
+    """The adler32-based check against the definition: sum of all bytes, the checksum field read as spaces."""
+    from eeg2im_scale.data.tario import _checksum_ok
+
+    rng = random.Random(0)
+    for _ in range(200):
+        header = bytearray(rng.randbytes(BLOCK))
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o\x00 " % sum(header)
+        assert _checksum_ok(bytes(header))
+        position = rng.choice([i for i in range(BLOCK) if not 148 <= i < 156])
+        header[position] = (header[position] + rng.randrange(1, 256)) % 256
+        assert not _checksum_ok(bytes(header))
