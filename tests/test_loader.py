@@ -1,6 +1,7 @@
 """Streaming loader: split by node and worker, fixed-length resampled epochs, exact resume."""
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from conftest import CHANNELS, IMAGE, TIME_POINTS, assert_batches_match_reference, data_cfg
+from eeg2im_scale.data import loader as loader_module
 from eeg2im_scale.data.loader import EEGImageLoader
 from eeg2im_scale.data.manifest import Manifest
 
@@ -79,6 +81,33 @@ def test_resume_mid_epoch_gives_the_same_next_batches(random_corpus, num_workers
     got += [(b["key"], b["eeg"]) for b in resumed]  # and the following epoch
     assert [k for k, _ in got] == [k for k, _ in expected]
     assert all(torch.equal(x, y) for (_, x), (_, y) in zip(got, expected))
+
+
+def test_worker_batch_buffers_are_reused_only_once_the_training_process_drops_them(random_corpus, monkeypatch):
+    """A worker decodes into recycled shared-memory buffers. Every third batch is kept to the end
+    (holding its buffer; once all are held the worker allocates fresh ones), the others are
+    dropped after checking: each batch must equal the in-process stream's when delivered and,
+    if kept, still at the end; and dropped buffers must have come back and been reused."""
+    cfg = data_cfg(random_corpus, batch_size=4, samples_per_epoch=160)
+    fields = ("key", "eeg", "image", "label", "subject", "attributes")
+    expected = [{f: b[f] for f in fields} for b in EEGImageLoader(cfg)]
+    released = []
+    release = loader_module._release_slot
+    monkeypatch.setattr(loader_module, "_release_slot",
+                        lambda flags, worker, slot: (released.append((worker, slot)), release(flags, worker, slot)))
+
+    def same(batch, reference):
+        return all(batch[f] == reference[f] if f == "key" else torch.equal(batch[f], reference[f]) for f in fields)
+
+    kept = []
+    for index, batch in enumerate(EEGImageLoader(replace(cfg, num_workers=1))):
+        assert same(batch, expected[index]), f"batch {index} differs from the in-process stream"
+        if index % 3 == 0:
+            kept.append((index, batch))
+        del batch
+    assert len(kept) > loader_module.PREFETCH_FACTOR + loader_module.BATCH_SLOTS_SPARE  # more than the pool holds
+    assert all(same(batch, expected[index]) for index, batch in kept), "a kept batch was overwritten"
+    assert len(released) > len(set(released)), "no buffer was reused"
 
 
 def test_preprocessing_crops_and_normalises_with_training_statistics(random_corpus):

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterator
@@ -135,8 +136,8 @@ class StreamPlan:
     # ---- decoded batches ----------------------------------------------------------------------
 
     def _batches(self, raws: Iterator[dict], dropped: list, worker: int, limit: int | None,
-                 cursor: int) -> Iterator[dict]:
-        batch = BatchBuilder(self)
+                 cursor: int, pool: SlotPool | None) -> Iterator[dict]:
+        batch = BatchBuilder(self, pool)
         emitted = 0
 
         def flush():
@@ -144,7 +145,7 @@ class StreamPlan:
             out = batch.finish()
             out.update(_worker=worker, _cursor=cursor, _dropped=list(dropped))
             dropped.clear()
-            batch = BatchBuilder(self)
+            batch = BatchBuilder(self, pool)
             return out
 
         for raw in raws:
@@ -164,12 +165,12 @@ class StreamPlan:
             yield flush()
 
     def worker_stream(self, epoch: int, worker: int, num_workers: int, batches_done: int,
-                      cursor: int) -> Iterator[dict]:
+                      cursor: int, pool: SlotPool | None = None) -> Iterator[dict]:
         dropped: list = []
         if not self.train:
             shards = split_by_worker(split_by_node(self.shards, self.rank, self.world_size), worker, num_workers)
             raws = itertools.chain.from_iterable(self._read(e, dropped) for e in shards)
-            yield from self._batches(raws, dropped, worker, None, 0)
+            yield from self._batches(raws, dropped, worker, None, 0, pool)
             return
         # batch i of this rank comes from worker i % num_workers (DataLoader round-robin)
         already = len(range(worker, batches_done, num_workers))
@@ -182,7 +183,42 @@ class StreamPlan:
         for _ in range(cursor):  # fast-forward without decoding
             next(shuffled)
         dropped.clear()  # already reported before the checkpoint
-        yield from self._batches(shuffled, dropped, worker, remaining, cursor)
+        yield from self._batches(shuffled, dropped, worker, remaining, cursor, pool)
+
+
+PREFETCH_FACTOR = 4  # batches each DataLoader worker prepares ahead
+BATCH_SLOTS_SPARE = 2  # recycled buffers per worker beyond those: the batch in use and the one before it
+
+
+class SlotPool:
+    """Shared-memory batch buffers of one DataLoader worker, recycled across batches.
+
+    Why: a worker's batch has to live in shared memory to reach the training process, and a
+    fresh segment per batch cost the worker more than decoding it. Torch's shared allocation
+    zero-fills the whole segment (``posix_fallocate`` on tmpfs) and every page then faults again
+    on its first write: on the CI VM about 180 µs per sample for the 225 KB of EEG of the
+    benchmark corpus, against ~150 µs of decoding. A recycled buffer's pages are already there.
+
+    ``flags`` (shared with the training process, one byte per buffer) is set here when a buffer
+    is filled and cleared there once no tensor views the batch any more, so a buffer is never
+    overwritten while in use. When every buffer is in use (a consumer that keeps batches) the
+    worker allocates a one-off segment instead: it never waits."""
+
+    def __init__(self, flags: torch.Tensor):
+        self.flags = flags.numpy()
+        self.buffers: list[torch.UntypedStorage] = []
+
+    def acquire(self, nbytes: int) -> tuple[torch.UntypedStorage, int | None]:
+        for slot, storage in enumerate(self.buffers):
+            if not self.flags[slot] and storage.nbytes() >= nbytes:
+                self.flags[slot] = 1
+                return storage, slot
+        storage = torch.UntypedStorage._new_shared(nbytes)
+        if len(self.buffers) == len(self.flags):
+            return storage, None
+        self.buffers.append(storage)
+        self.flags[len(self.buffers) - 1] = 1
+        return storage, len(self.buffers) - 1
 
 
 class BatchBuilder:
@@ -191,35 +227,52 @@ class BatchBuilder:
     Why: decoding every sample into tensors of its own and then stacking them cost a fifth of the
     decode time, and the transient 225 KB tensors (64 per batch) interleaved with the shuffle
     buffer's raw samples on the heap: a streaming epoch took ~15 page faults per sample for them.
-    In a DataLoader worker the tensors are allocated in shared memory, so handing the batch to
-    the main process does not copy it again (with ``pin_memory`` on a CUDA host, pinning does)."""
+    All tensors of a batch are views of one buffer: in a DataLoader worker it is a shared-memory
+    buffer of the worker's :class:`SlotPool`, so handing the batch to the training process passes
+    one file descriptor and copies nothing (with ``pin_memory`` on a CUDA host, pinning copies)."""
 
-    def __init__(self, plan: StreamPlan):
-        self.plan = plan
+    def __init__(self, plan: StreamPlan, pool: SlotPool | None = None):
+        self.plan, self.pool = plan, pool
         self.eeg_shape = plan.preprocess.output_shape(plan.eeg_shape)
-        self.eeg = self.image = self.full_eeg = None  # allocated by the first add()
+        self.tensors: dict[str, torch.Tensor] = {}  # allocated by the first add()
+        self.slot: int | None = None
+        self.full_eeg = None
         self.label, self.subject, self.key, self.image_id, self.attributes = [], [], [], [], []
 
     def __len__(self) -> int:
         return len(self.key)
 
     def _allocate(self, capacity: int) -> None:
-        size, shared = self.plan.image_size, get_worker_info() is not None
-        self.eeg = _empty((capacity, *self.eeg_shape), torch.float32, shared)
-        self.image = _empty((capacity, 3, size, size), torch.uint8, shared)
+        size = self.plan.image_size
+        fields = {"eeg": ((capacity, *self.eeg_shape), torch.float32),
+                  "image": ((capacity, 3, size, size), torch.uint8),
+                  "label": ((capacity,), torch.long), "subject": ((capacity,), torch.long),
+                  "attributes": ((capacity, len(self.plan.attribute_names)), torch.float32)}
+        offsets, nbytes = [], 0
+        for shape, dtype in fields.values():
+            offsets.append(nbytes)
+            nbytes += -(-math.prod(shape) * dtype.itemsize // 64) * 64  # every field 64-byte aligned
+        if self.pool is not None and capacity:
+            storage, self.slot = self.pool.acquire(nbytes)
+        elif get_worker_info() is not None:
+            storage = torch.UntypedStorage._new_shared(nbytes)
+        else:
+            storage = torch.UntypedStorage(nbytes)
+        self.tensors = {name: torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, shape)
+                        for (name, (shape, dtype)), offset in zip(fields.items(), offsets)}
         if self.plan.preprocess.window is not None:  # decoded in full first: all of the trial is checked for NaN/Inf
             self.full_eeg = torch.empty(self.plan.eeg_shape)
 
     def add(self, raw: dict) -> None:
         """Decode ``raw`` into the next slot; a :class:`SampleError` leaves the batch as it was
         (the half-written slot is reused by the next sample)."""
-        plan, slot = self.plan, len(self.key)
-        if self.eeg is None:
+        plan, index = self.plan, len(self.key)
+        if not self.tensors:
             self._allocate(plan.batch_size)
-        eeg = self.eeg[slot]  # one view object: preprocess.into skips the copy when handed it back
+        eeg = self.tensors["eeg"][index]  # one view object: preprocess.into skips the copy when handed it back
         sample = decode_sample(raw, raw["__url__"], plan.eeg_shape, eeg_out=eeg if self.full_eeg is None else self.full_eeg)
         plan.preprocess.into(eeg, sample.eeg)
-        prepare_image(sample.image, plan.image_size, out=self.image[slot].numpy())
+        prepare_image(sample.image, plan.image_size, out=self.tensors["image"][index].numpy())
         attrs = sample.meta.get("attributes", {})
         try:
             attributes = [float(attrs.get(name, np.nan)) for name in plan.attribute_names]
@@ -233,31 +286,32 @@ class BatchBuilder:
         self.key.append(sample.key)
 
     def finish(self) -> dict:
-        """The batch as a dict of tensors and lists; a partial batch is a view of its samples."""
+        """The batch as a dict of tensors and lists; a partial batch is a view of its samples.
+        ``_slot`` names the worker's recycled buffer holding it (None: a buffer of its own)."""
         count = len(self.key)
-        if self.eeg is None:
+        if not self.tensors:
             self._allocate(0)
-        batch = {
-            "eeg": self.eeg[:count],
-            "image": self.image[:count],
-            "label": torch.tensor(self.label, dtype=torch.long),
-            "subject": torch.tensor(self.subject, dtype=torch.long),
-            "key": self.key,
-            "image_id": self.image_id,
-        }
+        views = {name: tensor[:count] for name, tensor in self.tensors.items()}
+        views["label"].numpy()[:] = self.label
+        views["subject"].numpy()[:] = self.subject
+        views["attributes"].numpy()[:] = np.reshape(self.attributes, (count, len(self.plan.attribute_names)))
+        batch = {"eeg": views["eeg"], "image": views["image"], "label": views["label"],
+                 "subject": views["subject"], "key": self.key, "image_id": self.image_id}
         if self.plan.attribute_names:
-            batch["attributes"] = torch.tensor(self.attributes, dtype=torch.float32).reshape(
-                count, len(self.plan.attribute_names))
+            batch["attributes"] = views["attributes"]
+        batch["_slot"] = self.slot
         return batch
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor, allocated in shared memory when ``shared`` (``share_memory_()``
-    would allocate it twice and copy)."""
-    if not shared:
-        return torch.empty(shape, dtype=dtype)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+def _empty_shared_flags(workers: int, slots: int) -> torch.Tensor:
+    """The per-worker :class:`SlotPool` flags, in shared memory created before the workers start."""
+    flags = torch.UntypedStorage._new_shared(workers * slots)
+    flags.fill_(0)
+    return torch.empty(0, dtype=torch.uint8).set_(flags, 0, (workers, slots))
+
+
+def _release_slot(flags: np.ndarray, worker: int, slot: int) -> None:
+    flags[worker, slot] = 0
 
 
 def _as_built(batch: dict) -> dict:
@@ -267,8 +321,10 @@ def _as_built(batch: dict) -> dict:
 
 
 class _WorkerDataset(IterableDataset):
-    def __init__(self, plan: StreamPlan, epoch: int, batches_done: int, cursors: list[int]):
+    def __init__(self, plan: StreamPlan, epoch: int, batches_done: int, cursors: list[int],
+                 slot_flags: torch.Tensor | None):
         self.plan, self.epoch, self.batches_done, self.cursors = plan, epoch, batches_done, cursors
+        self.slot_flags = slot_flags
 
     def __iter__(self):
         info = get_worker_info()
@@ -276,7 +332,8 @@ class _WorkerDataset(IterableDataset):
         # The DataLoader always starts its round-robin at its worker 0, while the next batch of a
         # resumed epoch belongs to worker batches_done % num_workers: rotate the roles to match.
         worker = (loader_worker + self.batches_done) % num_workers
-        return self.plan.worker_stream(self.epoch, worker, num_workers, self.batches_done, self.cursors[worker])
+        pool = SlotPool(self.slot_flags[worker]) if info and self.slot_flags is not None else None
+        return self.plan.worker_stream(self.epoch, worker, num_workers, self.batches_done, self.cursors[worker], pool)
 
 
 @dataclass
@@ -353,16 +410,27 @@ class EEGImageLoader:
             self.set_epoch(state["epoch"])
 
     def __iter__(self) -> Iterator[dict]:
-        dataset = _WorkerDataset(self.plan, self.state.epoch, self.state.batches_done, list(self.state.cursors))
+        slot_flags = (_empty_shared_flags(self.num_workers, PREFETCH_FACTOR + BATCH_SLOTS_SPARE)
+                      if self.num_workers else None)
+        pinned = torch.cuda.is_available()
+        dataset = _WorkerDataset(self.plan, self.state.epoch, self.state.batches_done, list(self.state.cursors),
+                                 slot_flags)
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                            prefetch_factor=4 if self.num_workers else None,
-                            persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                            prefetch_factor=PREFETCH_FACTOR if self.num_workers else None,
+                            persistent_workers=False, pin_memory=pinned,
                             collate_fn=_as_built,
                             # its own generator: starting an iterator must not draw from the global RNG,
                             # or a resumed run's dropout/noise would diverge from the uninterrupted one
                             generator=torch.Generator().manual_seed(self.cfg.seed))
         for batch in loader:
-            worker = batch.pop("_worker")
+            worker, slot = batch.pop("_worker"), batch.pop("_slot")
+            if slot is not None:
+                # pinning copied the batch out of the worker's buffer; otherwise it is free once
+                # the last tensor viewing it is gone
+                if pinned:
+                    _release_slot(slot_flags.numpy(), worker, slot)
+                else:
+                    weakref.finalize(batch["eeg"].untyped_storage(), _release_slot, slot_flags.numpy(), worker, slot)
             self.state.cursors[worker] = batch.pop("_cursor")
             for record in batch.pop("_dropped"):
                 self.state.dropped += 1
