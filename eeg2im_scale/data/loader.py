@@ -196,7 +196,7 @@ class SlotPool:
     Why: a worker's batch has to live in shared memory to reach the training process, and a
     fresh segment per batch cost the worker more than decoding it. Torch's shared allocation
     zero-fills the whole segment (``posix_fallocate`` on tmpfs) and every page then faults again
-    on its first write: on the CI VM about 180 µs per sample for the 225 KB of EEG of the
+    on its first write: on the CI VM about 170 µs per sample more for the 225 KB of EEG of the
     benchmark corpus, against ~150 µs of decoding. A recycled buffer's pages are already there.
 
     ``flags`` (shared with the training process, one byte per buffer) is set here when a buffer
