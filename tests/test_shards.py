@@ -4,6 +4,7 @@ import io
 import json
 import struct
 import tarfile
+import warnings
 import zlib
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import CHANNELS, TIME_POINTS, random_samples, write_random_corpus
+from eeg2im_scale.data import format as format_module
 from eeg2im_scale.data.format import decode_image, load_npy, read_shard
 from eeg2im_scale.data.manifest import Manifest
 from eeg2im_scale.data.splits import assign_groups, group_counts
@@ -60,6 +62,7 @@ def _encoded(image: np.ndarray, mode: str, fmt: str, **options) -> bytes:
 
 def test_image_decoding_gives_pils_pixels():
     """The loader decodes with torchvision (faster); every stored form must give what PIL gives."""
+    assert format_module._DECODE_OP is not None, "torchvision's image op is missing: PIL decodes every image"
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 255, 48)
     smooth = np.stack([np.add.outer(ramp, ramp) / 2, np.outer(ramp, ramp) / 255, ramp[None].repeat(48, 0)], -1)
@@ -72,7 +75,9 @@ def test_image_decoding_gives_pils_pixels():
         with Image.open(io.BytesIO(data)) as pil:
             expected = np.asarray(pil.convert("RGB"))
         for buffer in (data, bytearray(data)):
-            decoded = decode_image(buffer)
+            with warnings.catch_warnings():  # torchvision's deprecation warning must not reach users (-W error)
+                warnings.simplefilter("error")
+                decoded = decode_image(buffer)
             assert decoded.dtype == np.uint8, name
             np.testing.assert_array_equal(decoded, expected, err_msg=name)
 
