@@ -85,9 +85,10 @@ def test_resume_mid_epoch_gives_the_same_next_batches(random_corpus, num_workers
 
 def test_worker_batch_buffers_are_reused_only_once_the_training_process_drops_them(random_corpus, monkeypatch):
     """A worker decodes into recycled shared-memory buffers. Every third batch is kept to the end
-    (holding its buffer; once all are held the worker allocates fresh ones), the others are
-    dropped after checking: each batch must equal the in-process stream's when delivered and,
-    if kept, still at the end; and dropped buffers must have come back and been reused."""
+    (holding its buffer; once all are held the worker allocates fresh ones), of every other third
+    only a view of its images, the rest is dropped after checking: each batch must equal the
+    in-process stream's when delivered and, what was kept, still at the end; and dropped buffers
+    must have come back and been reused."""
     cfg = data_cfg(random_corpus, batch_size=4, samples_per_epoch=160)
     fields = ("key", "eeg", "image", "label", "subject", "attributes")
     expected = [{f: b[f] for f in fields} for b in EEGImageLoader(cfg)]
@@ -99,14 +100,18 @@ def test_worker_batch_buffers_are_reused_only_once_the_training_process_drops_th
     def same(batch, reference):
         return all(batch[f] == reference[f] if f == "key" else torch.equal(batch[f], reference[f]) for f in fields)
 
-    kept = []
+    kept, kept_images = [], []
     for index, batch in enumerate(EEGImageLoader(replace(cfg, num_workers=1))):
         assert same(batch, expected[index]), f"batch {index} differs from the in-process stream"
         if index % 3 == 0:
             kept.append((index, batch))
+        elif index % 3 == 1:
+            kept_images.append((index, batch["image"][1:]))
         del batch
     assert len(kept) > loader_module.PREFETCH_FACTOR + loader_module.BATCH_SLOTS_SPARE  # more than the pool holds
     assert all(same(batch, expected[index]) for index, batch in kept), "a kept batch was overwritten"
+    assert all(torch.equal(images, expected[index]["image"][1:]) for index, images in kept_images), \
+        "a kept view of a batch was overwritten"
     assert len(released) > len(set(released)), "no buffer was reused"
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.io
 from PIL import Image
 
 from .tario import TarFormatError, iter_members
@@ -116,18 +115,21 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     return shape, fortran_order, dtype
 
 
-def _torchvision_decoder() -> Callable | None:
-    """torchvision's image-decoding op, called without its Python wrapper: since torchvision 0.29
-    the wrapper issues a DeprecationWarning on every call, which cost 5 µs per sample and, under
-    ``-W error``, made every image undecodable. None where the op is missing (PIL decodes)."""
+def _torchvision_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """torchvision's image-decoding op (to RGB), called without its Python wrapper: since
+    torchvision 0.29 the wrapper issues a DeprecationWarning on every call, which cost 5 µs per
+    sample and, under ``-W error``, made every image undecodable. None where the op or its
+    module is missing (PIL decodes)."""
     try:
-        return torch.ops.image.decode_image
-    except (AttributeError, RuntimeError):
+        import torchvision.io
+
+        op, rgb = torch.ops.image.decode_image, torchvision.io.ImageReadMode.RGB.value
+    except (ImportError, AttributeError, RuntimeError):
         return None
+    return lambda data: op(data, rgb, False)
 
 
 _DECODE_OP = _torchvision_decoder()
-_RGB = torchvision.io.ImageReadMode.RGB.value
 
 
 def decode_image(data: bytes | bytearray) -> np.ndarray:
@@ -139,7 +141,7 @@ def decode_image(data: bytes | bytearray) -> np.ndarray:
     if _DECODE_OP is not None:
         buffer = data if isinstance(data, bytearray) else bytearray(data)  # torch wants a writable buffer
         try:
-            image = _DECODE_OP(torch.frombuffer(buffer, dtype=torch.uint8), _RGB, False)
+            image = _DECODE_OP(torch.frombuffer(buffer, dtype=torch.uint8))
             if image.dtype == torch.uint8:
                 return image.permute(1, 2, 0).numpy()
         except (RuntimeError, ValueError):

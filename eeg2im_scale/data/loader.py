@@ -187,7 +187,7 @@ class StreamPlan:
 
 
 PREFETCH_FACTOR = 4  # batches each DataLoader worker prepares ahead
-BATCH_SLOTS_SPARE = 2  # recycled buffers per worker beyond those: the batch in use and the one before it
+BATCH_SLOTS_SPARE = 2  # recycled buffers per worker beyond those: a batch in use and the one before it
 
 
 class SlotPool:
@@ -200,9 +200,9 @@ class SlotPool:
     benchmark corpus, against ~150 µs of decoding. A recycled buffer's pages are already there.
 
     ``flags`` (shared with the training process, one byte per buffer) is set here when a buffer
-    is filled and cleared there once no tensor views the batch any more, so a buffer is never
-    overwritten while in use. When every buffer is in use (a consumer that keeps batches) the
-    worker allocates a one-off segment instead: it never waits."""
+    is taken and cleared there once no tensor views the batch any more (or once pinning copied
+    it out), so a buffer is never overwritten while in use. When every buffer is in use (a
+    consumer that keeps batches) the worker allocates a one-off segment instead: it never waits."""
 
     def __init__(self, flags: torch.Tensor):
         self.flags = flags.numpy()
@@ -346,7 +346,10 @@ class LoaderState:
 
 class EEGImageLoader:
     """Batches for one rank. Iterating runs the rest of the current epoch; ``state_dict`` /
-    ``load_state_dict`` carry the exact position into a checkpoint."""
+    ``load_state_dict`` carry the exact position into a checkpoint.
+
+    A batch's tensors are views of one buffer (with workers, a recycled shared-memory one):
+    keeping any of them, even ``label``, keeps all of the batch's memory. Clone what you keep."""
 
     def __init__(self, cfg: DataConfig, split: str = "train", *, train: bool | None = None,
                  rank: int = 0, world_size: int = 1):
@@ -412,12 +415,11 @@ class EEGImageLoader:
     def __iter__(self) -> Iterator[dict]:
         slot_flags = (_empty_shared_flags(self.num_workers, PREFETCH_FACTOR + BATCH_SLOTS_SPARE)
                       if self.num_workers else None)
-        pinned = torch.cuda.is_available()
         dataset = _WorkerDataset(self.plan, self.state.epoch, self.state.batches_done, list(self.state.cursors),
                                  slot_flags)
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=PREFETCH_FACTOR if self.num_workers else None,
-                            persistent_workers=False, pin_memory=pinned,
+                            persistent_workers=False, pin_memory=torch.cuda.is_available(),
                             collate_fn=_as_built,
                             # its own generator: starting an iterator must not draw from the global RNG,
                             # or a resumed run's dropout/noise would diverge from the uninterrupted one
@@ -425,12 +427,13 @@ class EEGImageLoader:
         for batch in loader:
             worker, slot = batch.pop("_worker"), batch.pop("_slot")
             if slot is not None:
-                # pinning copied the batch out of the worker's buffer; otherwise it is free once
-                # the last tensor viewing it is gone
-                if pinned:
+                storage = batch["eeg"].untyped_storage()
+                if storage.is_shared():
+                    # free once the last tensor viewing it is gone: torch keeps a storage's Python
+                    # object alive as long as the storage, so this fires then, not when `storage` goes
+                    weakref.finalize(storage, _release_slot, slot_flags.numpy(), worker, slot)
+                else:  # pinned: the DataLoader already copied the batch out of the worker's buffer
                     _release_slot(slot_flags.numpy(), worker, slot)
-                else:
-                    weakref.finalize(batch["eeg"].untyped_storage(), _release_slot, slot_flags.numpy(), worker, slot)
             self.state.cursors[worker] = batch.pop("_cursor")
             for record in batch.pop("_dropped"):
                 self.state.dropped += 1
