@@ -424,6 +424,7 @@ class EEGImageLoader:
                             # its own generator: starting an iterator must not draw from the global RNG,
                             # or a resumed run's dropout/noise would diverge from the uninterrupted one
                             generator=torch.Generator().manual_seed(self.cfg.seed))
+        flags = slot_flags.numpy() if slot_flags is not None else None
         for batch in loader:
             worker, slot = batch.pop("_worker"), batch.pop("_slot")
             if slot is not None:
@@ -431,9 +432,9 @@ class EEGImageLoader:
                 if storage.is_shared():
                     # free once the last tensor viewing it is gone: torch keeps a storage's Python
                     # object alive as long as the storage, so this fires then, not when `storage` goes
-                    weakref.finalize(storage, _release_slot, slot_flags.numpy(), worker, slot)
+                    weakref.finalize(storage, _release_slot, flags, worker, slot)
                 else:  # pinned: the DataLoader already copied the batch out of the worker's buffer
-                    _release_slot(slot_flags.numpy(), worker, slot)
+                    _release_slot(flags, worker, slot)
             self.state.cursors[worker] = batch.pop("_cursor")
             for record in batch.pop("_dropped"):
                 self.state.dropped += 1
