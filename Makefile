@@ -32,7 +32,7 @@ test: install
 	$(BIN)/python -m pytest
 
 # Every benchmark into benchmarks/results (JSONs, PNGs, logs/, bench_summary.json); ~15 min on a 2-core CPU.
-# The conditioning ablation is left out: ~1.5 h there; run it alone with
+# The conditioning ablation is left out: ~3 h there (two methods); run it alone with
 #   $(BIN)/python -m eeg2im_scale.bench all --out benchmarks/results --only ablation
 bench: install
 	$(BIN)/python -m eeg2im_scale.bench all --out benchmarks/results --skip ablation

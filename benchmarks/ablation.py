@@ -9,10 +9,16 @@ variants of the quickstart setting (``configs/synthetic_tiny.yaml``). This scrip
 evaluates all three over several seeds and reports the paired differences, so the claim is
 judged against seed-to-seed spread rather than one run.
 
+Two methods are run side by side (``--methods``, default both): ``paper``, the low-level encoder as
+the paper describes it (aligned with the autoencoder latent only: ``model.lowlevel.
+colour_layout_weight=0``, ``colour_distribution_weight=0``), and ``ours``, the configs as they are
+(the quickstart's two extra colour heads on the EEG latent). Each method gets its own encoders per
+seed, so a difference between methods is the heads' effect, not the conditioning's.
+
 Method: one synthetic corpus (the multilevel config's ``synth`` section, after overrides) is
 written once under ``--work-dir`` (named by a hash of its settings, reused when present) and every
-run reads it (``data.root`` is overridden). Per seed s (``train.seed=s data.seed=s eval.seed=s``;
-the corpus itself does not change with s):
+run reads it (``data.root`` is overridden). Per method and seed s (``train.seed=s data.seed=s
+eval.seed=s``; the corpus itself does not change with s):
 
 1. ``multilevel`` is trained fully (``train.stage=all``) by a real ``deepspeed --num_gpus N
    launchers/train.py`` launch (``--num_gpus`` is always passed: on a CPU the launcher needs it;
@@ -46,11 +52,12 @@ Cost (an estimate, not a measurement of the full run): the default (3 seeds,
 460 + 2 x 200 stage-steps per seed. A quickstart run on this shared 2-core CPU logged ~1.4-2.3 s
 per step (2 ranks, 32 samples each), i.e. ~15 min for the multilevel run and ~6 min for each
 diffusion-only run plus ~30 s of launcher start-up per launch and ~1 min per evaluation of the 120
-test trials (25 DDIM steps with guidance): ~30 min per seed, ~1.5 h for three seeds here; a GPU
-makes it minutes. ``--quick`` (tiny corpus and models of ``tests/configs/tiny_train.yaml``, 2 steps
-per stage, 6 test trials, 2 sampler steps, one seed, one rank) took 122-155 s here with a load
-average of ~5 from other jobs on the 2 cores (three launcher start-ups of ~16 s each are most of
-it); its numbers are meaningless (the variants barely differ after 2 steps), it only checks the
+test trials (25 DDIM steps with guidance): ~30 min per seed and method; the 3-seed run of one
+method took 1.5 h here (``ablation.json`` of 2026-11-25), so both methods take ~3 h: spread them
+over sittings with ``--resume`` or ``--methods``; a GPU makes it minutes. ``--quick`` (tiny corpus
+and models of ``tests/configs/tiny_train.yaml``, 2 steps per stage, 6 test trials, 2 sampler steps,
+one seed, one rank) took 122-155 s per method here with a load average of ~5 from other jobs on the
+2 cores (three launcher start-ups of ~16 s each are most of it); its numbers are meaningless (the variants barely differ after 2 steps), it only checks the
 pipeline end to end.
 
 ``--resume`` keeps the evaluated runs already in ``--out`` (same mode, ``--work-dir`` and resolved
@@ -94,6 +101,9 @@ CONFIG_DIR = REPO / "configs" / "ablation"
 VARIANTS = ("multilevel", "highlevel_only", "lowlevel_only")
 SHARED_STAGES = ("teacher", "lowlevel", "highlevel")  # trained once per seed (multilevel), copied to the others
 RUN_TIMEOUT_S = 4 * 3600
+# method -> overrides on top of every config: the paper's low-level encoder has no colour heads
+METHODS = {"paper": ("model.lowlevel.colour_layout_weight=0", "model.lowlevel.colour_distribution_weight=0"),
+           "ours": ()}
 QUICK_BASE = REPO / "tests" / "configs" / "tiny_train.yaml"
 QUICK_STEPS = 2  # per stage; DeepSpeed's warm-up schedule needs more than one
 QUICK_EXTRA = [*(f"train.{s}.steps={QUICK_STEPS}" for s in STAGES), *(f"train.{s}.warmup_steps=1" for s in STAGES),
@@ -127,6 +137,7 @@ class Plan:
     work_dir: Path
     quick: bool
     user_overrides: list[str]
+    methods: tuple[str, ...] = tuple(METHODS)
     resume: bool = False
 
     @property
@@ -143,9 +154,12 @@ class Plan:
         fixed = [f"data.root={corpus}"] if corpus else []
         return [*self.base_overrides(), *self.user_overrides, *fixed, "eval.inception_metrics=false"]
 
-    def overrides(self, corpus: Path, seed: int, run_dir: Path, stage: str) -> list[str]:
-        return [*self.common_overrides(corpus), f"train.seed={seed}", f"data.seed={seed}", f"eval.seed={seed}",
-                f"run_dir={run_dir}", f"train.stage={stage}"]
+    def overrides(self, corpus: Path, method: str, seed: int, run_dir: Path, stage: str) -> list[str]:
+        return [*self.common_overrides(corpus), *METHODS[method], f"train.seed={seed}", f"data.seed={seed}",
+                f"eval.seed={seed}", f"run_dir={run_dir}", f"train.stage={stage}"]
+
+    def run_dir(self, method: str, seed: int | str, variant: str) -> Path:
+        return self.work_dir / "runs" / method / f"seed{seed}" / variant
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:
@@ -189,12 +203,14 @@ def ensure_corpus(plan: Plan) -> dict:
 
 
 def config_differences(plan: Plan, corpus: Path) -> dict:
-    """Resolved keys on which the three variants differ (same overrides, their run_dir as used per seed)."""
-    flat = {v: _flatten(to_dict(load_config(config_path(v), [*plan.common_overrides(corpus),
-                                                            f"run_dir={plan.work_dir / 'runs' / 'seed<s>' / v}"])))
-            for v in VARIANTS}
+    """Resolved keys on which the runs of one seed differ, by ``method/variant`` (same overrides, run_dir
+    as used per seed)."""
+    flat = {f"{m}/{v}": _flatten(to_dict(load_config(config_path(v), [
+        *plan.common_overrides(corpus), *METHODS[m], f"run_dir={plan.run_dir(m, '<s>', v)}"])))
+        for m in plan.methods for v in VARIANTS}
     keys = sorted({k for f in flat.values() for k in f})
-    return {k: {v: flat[v].get(k) for v in VARIANTS} for k in keys if len({json.dumps(flat[v].get(k)) for v in VARIANTS}) > 1}
+    return {k: {run: values.get(k) for run, values in flat.items()} for k in keys
+            if len({json.dumps(values.get(k)) for values in flat.values()}) > 1}
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,32 +299,33 @@ def teacher_accuracy(variant: str, overrides: list[str], run_dir: Path) -> dict:
     return result
 
 
-def run_variant(plan: Plan, corpus: Path, seed: int, variant: str, log=print) -> dict:
-    run_dir = plan.work_dir / "runs" / f"seed{seed}" / variant
+def run_variant(plan: Plan, corpus: Path, method: str, seed: int, variant: str, log=print) -> dict:
+    run_dir = plan.run_dir(method, seed, variant)
     shutil.rmtree(run_dir, ignore_errors=True)  # nothing of an earlier run (exports, release) carries over
     run_dir.mkdir(parents=True)
     stage = "all" if variant == "multilevel" else "diffusion"
     if stage == "diffusion":
-        seed_shared_encoders(plan.work_dir / "runs" / f"seed{seed}" / "multilevel", run_dir)
-    overrides = plan.overrides(corpus, seed, run_dir, stage)
+        seed_shared_encoders(plan.run_dir(method, seed, "multilevel"), run_dir)
+    overrides = plan.overrides(corpus, method, seed, run_dir, stage)
     log_path = run_dir / "launch.log"
-    record = {"variant": variant, "seed": seed, "config": str(config_path(variant).relative_to(REPO)),
+    name = f"{method} seed {seed} {variant}"
+    record = {"method": method, "variant": variant, "seed": seed, "config": str(config_path(variant).relative_to(REPO)),
               "train_stage": stage, "encoders": "trained" if stage == "all" else "copied from the multilevel run",
               "run_dir": str(run_dir), "log": str(log_path), "nproc": plan.nproc,
               "omp_num_threads": plan.omp_threads, "load_average_1min_before": round(os.getloadavg()[0], 2)}
-    log(f"seed {seed} {variant}: training (train.stage={stage}, {plan.nproc} rank(s)) ...")
+    log(f"{name}: training (train.stage={stage}, {plan.nproc} rank(s)) ...")
     code, seconds = launch(plan, variant, overrides, log_path)
     record["train_wall_s"] = round(seconds, 1)
     drop_checkpoints(run_dir)
     if code != 0 or not (run_dir / "model").is_dir():
         tail = log_path.read_text(errors="replace")[-3000:]
-        log(f"seed {seed} {variant}: training FAILED (exit {code}), see {log_path}\n{tail}")
+        log(f"{name}: training FAILED (exit {code}), see {log_path}\n{tail}")
         return {**record, "error": f"training exit code {code}" if code else "no release written", "log_tail": tail}
-    log(f"seed {seed} {variant}: trained in {seconds:.0f} s; evaluating ...")
+    log(f"{name}: trained in {seconds:.0f} s; evaluating ...")
     try:
         metrics, eval_seconds = evaluate_release(variant, overrides, run_dir)
     except Exception as exc:  # noqa: BLE001 - recorded, the other runs go on
-        log(f"seed {seed} {variant}: evaluation FAILED: {exc!r}")
+        log(f"{name}: evaluation FAILED: {exc!r}")
         return {**record, "error": f"evaluation failed: {exc!r}"}
     protocol = metrics["protocol"]
     record.update({"eval_wall_s": round(eval_seconds, 1), "metrics": selected_metrics(metrics),
@@ -318,7 +335,7 @@ def run_variant(plan: Plan, corpus: Path, seed: int, variant: str, log=print) ->
                    "load_average_1min_after": round(os.getloadavg()[0], 2)})
     if variant == "multilevel":
         record["teacher"] = teacher_accuracy(variant, overrides, run_dir)
-    log(f"seed {seed} {variant}: evaluated in {eval_seconds:.0f} s: "
+    log(f"{name}: evaluated in {eval_seconds:.0f} s: "
         + ", ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items() if v is not None))
     return record
 
@@ -358,6 +375,10 @@ def summarize(runs: dict) -> dict:
             "teacher_chance": next((t["chance"] for t in teacher.values()), None)}
 
 
+def summarize_methods(runs: dict) -> dict:
+    return {method: summarize(by_seed) for method, by_seed in runs.items()}
+
+
 def verdict(paired: dict) -> str:
     """yes / no / inconclusive from the paired differences (lower is better for the colour metrics)."""
     prefix = "multilevel beats highlevel_only on colour fidelity: "
@@ -385,7 +406,15 @@ def verdict(paired: dict) -> str:
 
 
 def summary_text(result: dict) -> str:
-    summary = result["summary"]
+    lines = []
+    for method, summary in result["summary"].items():
+        lines += [f"method {method}:", *_method_text(summary)]
+    lines += [f"error {r['method']} seed {r['seed']} {r['variant']}: {r['error']}" for by_seed in result["runs"].values()
+              for rs in by_seed.values() for r in rs.values() if "error" in r]
+    return "\n".join(lines)
+
+
+def _method_text(summary: dict) -> list[str]:
     lines = [f"{'metric':<24}" + "".join(f"{v:>24}" for v in VARIANTS)]
     for m in METRICS:
         cells = []
@@ -396,10 +425,7 @@ def summary_text(result: dict) -> str:
     t = summary["teacher_test_accuracy"]
     if t["mean"] is not None:
         lines.append(f"teacher on real test images: {t['mean']:.4f} (chance {summary['teacher_chance']:.4f})")
-    lines += [f"error seed {r['seed']} {r['variant']}: {r['error']}" for rs in result["runs"].values()
-              for r in rs.values() if "error" in r]
-    lines.append(summary["verdict"])
-    return "\n".join(lines)
+    return lines + [summary["verdict"]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,7 +449,10 @@ def environment() -> dict:
 
 
 METHOD = (
-    "One synthetic corpus (multilevel config's synth section) for all runs. Per seed s (train.seed = data.seed = "
+    "Two methods, each with its own runs: paper (the low-level encoder aligned with the autoencoder latent only: "
+    "model.lowlevel.colour_layout_weight=0, colour_distribution_weight=0) and ours (the configs as they are, with "
+    "the two colour heads on the EEG latent). "
+    "One synthetic corpus (multilevel config's synth section) for all runs. Per method and seed s (train.seed = data.seed = "
     "eval.seed = s): multilevel is trained with train.stage=all by `deepspeed --num_gpus N launchers/train.py`; "
     "highlevel_only and lowlevel_only get copies of its stages/{teacher,lowlevel,highlevel}/final.safetensors and "
     "train only train.stage=diffusion, so the three differ only in what conditions the UNet "
@@ -466,7 +495,8 @@ def finished_runs(out: Path, result: dict) -> dict:
             and earlier["configs"]["differences"] == result["configs"]["differences"])
     if not same:
         raise SystemExit(f"--resume: {out} was made with another mode, corpus or config; use a new --out")
-    return {seed: {v: r for v, r in runs.items() if "metrics" in r} for seed, runs in earlier["runs"].items()}
+    return {method: {seed: {v: r for v, r in runs.items() if "metrics" in r} for seed, runs in by_seed.items()}
+            for method, by_seed in earlier["runs"].items()}
 
 
 def run(plan: Plan, out: Path, log=print) -> dict:
@@ -479,7 +509,7 @@ def run(plan: Plan, out: Path, log=print) -> dict:
     result = {
         "benchmark": "ablation", "mode": "quick" if plan.quick else "full", "complete": False,
         "environment": environment(), "method": METHOD,
-        "settings": {"seeds": plan.seeds, "nproc": plan.nproc, "omp_num_threads_per_rank": plan.omp_threads,
+        "settings": {"methods": {m: list(METHODS[m]) for m in plan.methods}, "seeds": plan.seeds, "nproc": plan.nproc, "omp_num_threads_per_rank": plan.omp_threads,
                      "launcher": "deepspeed --num_gpus N --master_port <free port> launchers/train.py",
                      "evaluation": "in-process eeg2im_scale.eval.evaluator.evaluate, test split",
                      "eval_split": cfg.eval.split,
@@ -490,7 +520,7 @@ def run(plan: Plan, out: Path, log=print) -> dict:
                      "user_overrides": plan.user_overrides, "corpus": corpus},
         "configs": {"files": {v: str(config_path(v).relative_to(REPO)) for v in VARIANTS},
                     "overrides_common": plan.common_overrides(root),
-                    "overrides_per_run": ["train.seed=<s>", "data.seed=<s>", "eval.seed=<s>", "run_dir=<run dir>",
+                    "overrides_per_run": ["<the method's overrides>", "train.seed=<s>", "data.seed=<s>", "eval.seed=<s>", "run_dir=<run dir>",
                                           "train.stage=all (multilevel) | diffusion (the others)"],
                     "differences": config_differences(plan, root),
                     "resolved_multilevel": to_dict(cfg)},
@@ -502,24 +532,26 @@ def run(plan: Plan, out: Path, log=print) -> dict:
         "runs": {},
     }
     done = finished_runs(out, result) if plan.resume else {}
-    for seed in plan.seeds:
-        by_variant = result["runs"].setdefault(f"seed{seed}", {})
-        for variant in VARIANTS:
-            if variant in done.get(f"seed{seed}", {}):
-                by_variant[variant] = done[f"seed{seed}"][variant]
-                log(f"seed {seed} {variant}: kept from {out}")
-                continue
-            shared = plan.work_dir / "runs" / f"seed{seed}" / "multilevel" / "stages"
-            if variant != "multilevel" and not all((shared / s / "final.safetensors").is_file() for s in SHARED_STAGES):
-                by_variant[variant] = {"variant": variant, "seed": seed,
-                                       "error": "skipped: the multilevel run of this seed left no encoders to share"}
-                continue
-            by_variant[variant] = run_variant(plan, root, seed, variant, log)
-            result["summary"] = summarize(result["runs"])
-            result["runtime_s"] = round(time.perf_counter() - started, 1)
-            write_json(out, result)  # partial results survive an interruption
-    result["summary"] = summarize(result["runs"])
-    result["summary"]["table"] = summary_text(result).splitlines()
+    for method in plan.methods:
+        for seed in plan.seeds:
+            by_variant = result["runs"].setdefault(method, {}).setdefault(f"seed{seed}", {})
+            kept = done.get(method, {}).get(f"seed{seed}", {})
+            for variant in VARIANTS:
+                if variant in kept:
+                    by_variant[variant] = kept[variant]
+                    log(f"{method} seed {seed} {variant}: kept from {out}")
+                    continue
+                shared = plan.run_dir(method, seed, "multilevel") / "stages"
+                if variant != "multilevel" and not all((shared / s / "final.safetensors").is_file() for s in SHARED_STAGES):
+                    by_variant[variant] = {"method": method, "variant": variant, "seed": seed,
+                                           "error": "skipped: the multilevel run of this seed left no encoders to share"}
+                    continue
+                by_variant[variant] = run_variant(plan, root, method, seed, variant, log)
+                result["summary"] = summarize_methods(result["runs"])
+                result["runtime_s"] = round(time.perf_counter() - started, 1)
+                write_json(out, result)  # partial results survive an interruption
+    result["summary"] = summarize_methods(result["runs"])
+    result["table"] = summary_text(result).splitlines()
     result["complete"] = True
     result["environment"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     result["runtime_s"] = round(time.perf_counter() - started, 1)
@@ -533,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; --quick: 0)")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench" / "ablation",
                         help="corpus (written once, reused) and one run directory per seed and variant")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="paper: no colour heads on the low-level EEG latent; ours: the configs as they are")
     parser.add_argument("--nproc", type=int, default=None, help="ranks per training launch (default 2; --quick: 1)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny_train-sized corpus and models, 2 steps per stage, 6 test trials, 1 seed")
@@ -550,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"set by the benchmark, not overridable: {', '.join(reserved)}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     plan = Plan(seeds=seeds, nproc=nproc, work_dir=args.work_dir.resolve(), quick=args.quick,
-                user_overrides=list(args.overrides), resume=args.resume)
+                user_overrides=list(args.overrides), methods=tuple(dict.fromkeys(args.methods)), resume=args.resume)
     try:  # a bad override fails before any work
         load_config(config_path("multilevel"), plan.common_overrides())
     except ConfigError as exc:
@@ -559,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(plan, args.out, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(summary_text(result))
     print(f"wrote {args.out} ({result['runtime_s']} s)")
-    return 1 if any("error" in r for rs in result["runs"].values() for r in rs.values()) else 0
+    return 1 if any("error" in r for by_seed in result["runs"].values() for rs in by_seed.values()
+                    for r in rs.values()) else 0
 
 
 if __name__ == "__main__":

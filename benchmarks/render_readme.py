@@ -308,17 +308,19 @@ def _mean_std(stats: dict) -> str:
 
 
 def ablation_section(data: dict) -> list[str]:
-    summary, settings = data["summary"], data["settings"]
+    settings = data["settings"]
     seeds = settings["seeds"]
-    runs = [r for by_variant in data["runs"].values() for r in by_variant.values()]
+    runs = [r for by_seed in data["runs"].values() for rs in by_seed.values() for r in rs.values()]
     protocol = next((r["eval_protocol"] for r in runs if "eval_protocol" in r), {})
     steps = settings.get("steps_per_stage", {})
-    chance = summary.get("teacher_chance")
+    chance = next((s.get("teacher_chance") for s in data["summary"].values() if s.get("teacher_chance")), None)
     out = [f"**Conditioning ablation** (`ablation.json`, {data['environment']['date'][:10]}): the diffusion UNet "
            "conditioned on multi-level EEG features (`multilevel`), on the high-level embedding only "
-           "(`highlevel_only`) or on the low-level latent only (`lowlevel_only`); the three share one seed's "
-           "teacher and EEG encoders, so EEG top-1 and the teacher's accuracy are equal across rows. Mean ± std "
-           f"(ddof 1) over {_plural(len(seeds), 'seed')} ({', '.join(str(s) for s in seeds)}); "
+           "(`highlevel_only`) or on the low-level latent only (`lowlevel_only`), for each method: `paper` (the "
+           "low-level encoder aligned with the autoencoder latent only, as the paper describes it) and `ours` "
+           "(plus two colour heads on the low-level EEG latent). Within a method and seed the three variants "
+           "share the teacher and EEG encoders, so EEG top-1 and the teacher's accuracy are equal across its rows. "
+           f"Mean ± std (ddof 1) over {_plural(len(seeds), 'seed')} ({', '.join(str(s) for s in seeds)}); "
            + (f"{settings['eval_test_trials']} test trials, " if "eval_test_trials" in settings else "")
            + (f"{protocol['n_way']}-way top-{protocol['top_k']} accuracy" if protocol else "accuracy")
            + (f" (chance {chance:.3f})" if chance is not None else "")
@@ -329,22 +331,26 @@ def ablation_section(data: dict) -> list[str]:
                 "result.*", ""]
     if not data.get("complete", True):
         out += ["*Incomplete: the run was interrupted; the table holds the finished runs only.*", ""]
-    teacher = summary.get("teacher_test_accuracy", {})
+    out += [f"*{note}*" for note in data.get("provenance", [])] + ([""] if data.get("provenance") else [])
     rows = []
-    for variant, metrics in summary["metrics"].items():
-        cells = []
-        for key, _ in ABLATION_COLUMNS:
-            stats = teacher if key == "teacher" else metrics.get(key, {})
-            cell = _mean_std(stats)
-            if stats.get("n") is not None and stats["n"] != len(seeds):
-                cell += f" (n={stats['n']})"
-            cells.append(cell)
-        rows.append([f"`{variant}`", *cells])
-    out += _table(["variant", *(label for _, label in ABLATION_COLUMNS)], rows)
-    errors = [f"seed {r['seed']} {r['variant']}: {r['error']}" for r in runs if "error" in r]
+    for method, summary in data["summary"].items():
+        teacher = summary.get("teacher_test_accuracy", {})
+        for variant, metrics in summary["metrics"].items():
+            cells = []
+            for key, _ in ABLATION_COLUMNS:
+                stats = teacher if key == "teacher" else metrics.get(key, {})
+                cell = _mean_std(stats)
+                if stats.get("n") is not None and stats["n"] != len(seeds):
+                    cell += f" (n={stats['n']})"
+                cells.append(cell)
+            rows.append([f"`{method}`", f"`{variant}`", *cells])
+    out += _table(["method", "variant", *(label for _, label in ABLATION_COLUMNS)], rows)
+    errors = [f"{r.get('method', '')} seed {r['seed']} {r['variant']}: {r['error']}" for r in runs if "error" in r]
     if errors:
         out += ["", "Failed runs: " + "; ".join(errors) + "."]
-    return out + ["", f"Verdict: {summary['verdict']}", ""]
+    for method, summary in data["summary"].items():
+        out += ["", f"Verdict (`{method}`): {summary['verdict']}"]
+    return out + [""]
 
 
 SECTIONS = {"loader_throughput.json": loader_section, "train_throughput.json": train_section,

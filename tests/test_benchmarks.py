@@ -112,45 +112,54 @@ def test_quick_eval_benchmark_reports_every_figure(tmp_path):
     assert "images/s" in done.stdout and "speed-up" in done.stdout  # the human-readable table
 
 
-def test_quick_ablation_benchmark_reports_every_variant(tmp_path):
+def test_quick_ablation_benchmark_reports_every_method_and_variant(tmp_path):
     result, done = run_quick("ablation.py", tmp_path)
 
+    methods = ("paper", "ours")
     variants = ("multilevel", "highlevel_only", "lowlevel_only")
     metrics = ("eeg_top1", "generated_n_way_top_k", "colour_hist_distance", "hue_emd", "hue_error",
                "saturation_error", "brightness_error")
     assert result["mode"] == "quick" and result["complete"] and result["settings"]["seeds"] == [0]
     assert result["environment"]["date"] and result["environment"]["torch"] and result["environment"]["deepspeed"]
-    assert result["method"] and result["configs"]["differences"]["model.diffusion.condition_on"] == {
-        "multilevel": "multilevel", "highlevel_only": "highlevel", "lowlevel_only": "lowlevel"}
-    runs = result["runs"]["seed0"]
-    assert set(runs) == set(variants)
-    for variant, run in runs.items():
-        assert "error" not in run, (variant, run)
-        assert run["train_stage"] == ("all" if variant == "multilevel" else "diffusion")
-        assert positive(run["train_wall_s"]) and positive(run["eval_wall_s"])
-        assert run["eval_protocol"]["split"] == "test" and run["eval_protocol"]["trials"] == 6
-        for name in metrics:
-            assert 0 <= run["metrics"][name] <= 1, (variant, name, run["metrics"])
-    teacher = runs["multilevel"]["teacher"]
-    assert 0 <= teacher["test_n_way_top_k"] <= 1 and 0 <= teacher["val_accuracy"] <= 1 and teacher["test_images"] == 6
+    differences = result["configs"]["differences"]
+    assert result["method"] and differences["model.diffusion.condition_on"] == {
+        f"{m}/{v}": c for m in methods for v, c in zip(variants, ("multilevel", "highlevel", "lowlevel"))}
+    for head in ("colour_layout_weight", "colour_distribution_weight"):  # the paper's encoder has no colour heads
+        assert {run: w > 0 for run, w in differences[f"model.lowlevel.{head}"].items()} == {
+            f"{m}/{v}": m == "ours" for m in methods for v in variants}
+    assert set(result["runs"]) == set(result["summary"]) == set(methods)
+    for method in methods:
+        runs = result["runs"][method]["seed0"]
+        assert set(runs) == set(variants)
+        for variant, run in runs.items():
+            assert "error" not in run, (method, variant, run)
+            assert run["method"] == method and run["train_stage"] == ("all" if variant == "multilevel" else "diffusion")
+            assert f"/{method}/seed0/" in run["run_dir"]
+            assert positive(run["train_wall_s"]) and positive(run["eval_wall_s"])
+            assert run["eval_protocol"]["split"] == "test" and run["eval_protocol"]["trials"] == 6
+            for name in metrics:
+                assert 0 <= run["metrics"][name] <= 1, (method, variant, name, run["metrics"])
+        teacher = runs["multilevel"]["teacher"]
+        assert 0 <= teacher["test_n_way_top_k"] <= 1 and 0 <= teacher["val_accuracy"] <= 1
+        assert teacher["test_images"] == 6
 
-    summary = result["summary"]
-    for variant in variants:
-        for name in metrics:
-            figures = summary["metrics"][variant][name]
-            assert figures["n"] == 1 and figures["std"] is None and set(figures["per_seed"]) == {"seed0"}
-    assert summary["eeg_top1_identical_within_seed"] is True  # the encoders are shared within a seed
-    for name in ("colour_hist_distance", "hue_emd", "hue_error", "saturation_error", "brightness_error"):
-        assert summary["paired_multilevel_minus_highlevel_only"][name]["seeds"] == 1
-    assert summary["verdict"].startswith("multilevel beats highlevel_only on colour fidelity: inconclusive")
-    assert summary["verdict"] in done.stdout  # the human-readable summary
+        summary = result["summary"][method]
+        for variant in variants:
+            for name in metrics:
+                figures = summary["metrics"][variant][name]
+                assert figures["n"] == 1 and figures["std"] is None and set(figures["per_seed"]) == {"seed0"}
+        assert summary["eeg_top1_identical_within_seed"] is True  # the encoders are shared within a seed
+        for name in ("colour_hist_distance", "hue_emd", "hue_error", "saturation_error", "brightness_error"):
+            assert summary["paired_multilevel_minus_highlevel_only"][name]["seeds"] == 1
+        assert summary["verdict"].startswith("multilevel beats highlevel_only on colour fidelity: inconclusive")
+        assert summary["verdict"] in done.stdout  # the human-readable summary
 
     # --resume keeps every evaluated run of the same mode, corpus and config: nothing is retrained
     out = tmp_path / "result.json"
     again = subprocess.run([sys.executable, str(BENCHMARKS / "ablation.py"), "--quick", "--resume", "--out", str(out),
                             "--work-dir", str(tmp_path / "work")], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("kept from") == 3 and "training" not in again.stderr
+    assert again.stderr.count("kept from") == 6 and "training" not in again.stderr
     assert json.loads(out.read_text())["runs"] == result["runs"]
 
 

@@ -112,12 +112,14 @@ def test_readme_ablation_section_only_when_its_file_exists_and_flags_quick_mode(
                "saturation_error", "brightness_error"]
     verdict = "multilevel beats highlevel_only on colour fidelity: inconclusive (one seed)"
     data = {"benchmark": "ablation", "mode": "quick", "complete": True, "environment": {"date": "2026-01-01T00:00"},
-            "settings": {"seeds": [0], "eval_test_trials": 6}, "runs": {"seed0": {}},
-            "summary": {"metrics": {v: {m: stats for m in metrics} for v in ("multilevel", "highlevel_only")},
-                        "verdict": verdict, "teacher_test_accuracy": stats, "teacher_chance": 1 / 3}}
+            "settings": {"seeds": [0], "eval_test_trials": 6}, "runs": {"paper": {"seed0": {}}, "ours": {"seed0": {}}},
+            "summary": {method: {"metrics": {v: {m: stats for m in metrics} for v in ("multilevel", "highlevel_only")},
+                                 "verdict": verdict, "teacher_test_accuracy": stats, "teacher_chance": 1 / 3}
+                        for method in ("paper", "ours")}}
     (tmp_path / "ablation.json").write_text(json.dumps(data))
     text = render_readme.render(tmp_path)
-    assert "Smoke-test numbers" in text and verdict in text and "| `highlevel_only` | 0.500 |" in text
+    assert "Smoke-test numbers" in text and "| `paper` | `highlevel_only` | 0.500 |" in text
+    assert f"Verdict (`paper`): {verdict}" in text and f"Verdict (`ours`): {verdict}" in text
     data["mode"] = "full"
     (tmp_path / "ablation.json").write_text(json.dumps(data))
     assert "Smoke-test" not in render_readme.render(tmp_path)

@@ -61,7 +61,7 @@ REGISTRY = (
     Benchmark("eval_throughput", "~5 min; quick ~3.5 min"),
     Benchmark("gpu_diffusion", "~8 min on one H100; quick (CPU smoke) ~1-2 min", out_is_dir=True, needs_gpu=True,
               takes_work_dir=False, note="attention backends, torch.compile, DDP vs ZeRO; without CUDA: --quick only"),
-    Benchmark("ablation", "~1.5 h (3 seeds x 3 variants); quick ~1-2.5 min",
+    Benchmark("ablation", "~3 h (2 methods x 3 seeds x 3 variants); quick ~2-5 min",
               note="long: --skip ablation, or run it alone with --only ablation"),
 )
 NAMES = [b.name for b in REGISTRY]

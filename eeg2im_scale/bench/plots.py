@@ -170,14 +170,16 @@ def plot_eval(data: dict, path: Path) -> None:
 # ---- ablation ------------------------------------------------------------------------------------
 
 def _ablation_metrics(ax: plt.Axes, data: dict) -> None:
-    table = _nonempty(data["summary"]["metrics"], "variants")
+    table = _nonempty({f"{method} {variant}": metrics for method, summary in data["summary"].items()
+                       for variant, metrics in summary["metrics"].items()}, "variants")
     metrics = list(next(iter(table.values())))
     _grouped_bars(ax, [textwrap.fill(m.replace("_", " "), 12) for m in metrics],
                   {v: [_number(table[v][m]["mean"]) for m in metrics] for v in table},
                   {v: [_number(table[v][m]["std"]) if table[v][m]["std"] is not None else 0.0 for m in metrics]
                    for v in table})
     ax.set_ylabel("mean over seeds (error bars: std)")
-    ax.set_xlabel(textwrap.fill(data["summary"].get("verdict", ""), 90), fontsize=8)
+    ax.set_xlabel(textwrap.fill(" ".join(f"{method}: {summary.get('verdict', '')}"
+                                         for method, summary in data["summary"].items()), 90), fontsize=8)
 
 
 def plot_ablation(data: dict, path: Path) -> None:
