@@ -49,6 +49,19 @@ def diffusion_training_target(scheduler: DDPMScheduler, clean: torch.Tensor, noi
     raise ValueError(f"unsupported prediction_type {kind!r}; use epsilon, v_prediction or sample")
 
 
+def noised_input_and_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor,
+                            timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noisy UNet input x_t and the regression target at ``timesteps``, in float32 whatever the
+    dtype of ``clean`` and ``noise``.
+
+    In bf16 or fp16, ᾱ near 1 rounds to 1: with ``squaredcos_cap_v2`` x_t would equal x_0 for
+    t <= 20 of 1000 and σ would be off by more than 10 % for dozens more. The caller casts only the
+    network input to the engine's dtype.
+    """
+    clean, noise = clean.float(), noise.float()
+    return scheduler.add_noise(clean, noise, timesteps), diffusion_training_target(scheduler, clean, noise, timesteps)
+
+
 def guided_prediction(unet: FiLMUNet, noisy: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor,
                       guidance_scale: float) -> torch.Tensor:
     """Classifier-free guidance: uncond + s·(cond − uncond), both halves in one batched forward.
@@ -69,15 +82,17 @@ def sample(unet: FiLMUNet, cond: torch.Tensor, scheduler_name: str, steps: int, 
            image_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Generate one image per row of ``cond`` [B, cond_dim] → [B, 3, image_size, image_size] in [-1, 1].
 
+    The sample and every scheduler step stay in float32 (as in training, a bf16 schedule would drop
+    the last, small-σ steps); only the UNet's input is cast to ``cond``'s dtype, the network's.
     Runs in the module's current mode; call ``unet.eval()`` first if that matters (the default
     UNet has no dropout or batch statistics, so it does not).
     """
     scheduler = make_sampling_scheduler(unet.cfg, scheduler_name)
     scheduler.set_timesteps(steps, device=cond.device)
     images = randn_tensor((len(cond), 3, image_size, image_size), generator=generator, device=cond.device,
-                          dtype=cond.dtype) * scheduler.init_noise_sigma
+                          dtype=torch.float32) * scheduler.init_noise_sigma
     for timestep in scheduler.timesteps:
-        prediction = guided_prediction(unet, scheduler.scale_model_input(images, timestep), timestep, cond,
-                                       guidance_scale)
+        model_input = scheduler.scale_model_input(images, timestep).to(cond.dtype)
+        prediction = guided_prediction(unet, model_input, timestep, cond, guidance_scale).float()
         images = scheduler.step(prediction, timestep, images, generator=generator).prev_sample
     return images.clamp(-1, 1)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..data.loader import EEGImageLoader
+from ..models.precision import cast_for_training
 from . import checkpoint
 from .distributed import (
     DistInfo,
@@ -91,8 +92,7 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (ZeRO-3 partitions local copies)
     dtype = compute_dtype(cfg)
     stage: Stage = build_stage(name, cfg, dist.device, dtype)
-    # Buffers too (BatchNorm statistics): ZeRO-3 casts only parameters, and CPU kernels reject the mix.
-    stage.module.to(dtype)
+    cast_for_training(stage.module, dtype)  # ZeRO-3 casts only parameters; BatchNorm statistics stay float32
     loader = EEGImageLoader(cfg.data, "train", rank=dist.rank, world_size=dist.world_size)
     ds_config = build_deepspeed_config(cfg.train, stage_cfg, cfg.data.batch_size, dist.world_size,
                                        dist.device.type == "cuda")

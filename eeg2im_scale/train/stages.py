@@ -22,7 +22,7 @@ from ..models.autoencoder import ImageAutoencoder, to_unit_range
 from ..models.eeg_encoders import HighLevelEncoder, LowLevelEncoder
 from ..models.film_unet import FiLMUNet
 from ..models.losses import diffusion_loss, highlevel_loss, lowlevel_loss
-from ..models.sampling import diffusion_training_target, make_train_scheduler
+from ..models.sampling import make_train_scheduler, noised_input_and_target
 from ..models.teacher import Teacher, build_teacher, flip_and_shift
 from ..models.teacher import feature_dim as teacher_feature_dim
 from .ema import EMA, ema_beta
@@ -234,16 +234,14 @@ class DiffusionModule(StageModule):
             return condition(*self._encoders, batch["eeg"], self.condition_on).to(self.dtype)
 
     def forward(self, batch: dict):
-        dtype = self.dtype
-        clean = _images(batch, dtype)
+        clean = to_unit_range(batch["image"])  # float32: the noise schedule must not run in bf16/fp16
         cond = self.frozen_forward(batch)
         noise = torch.randn_like(clean)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(clean),), device=clean.device)
-        noisy = self.scheduler.add_noise(clean, noise, timesteps)
-        target = diffusion_training_target(self.scheduler, clean, noise, timesteps)
+        noisy, target = noised_input_and_target(self.scheduler, clean, noise, timesteps)
         drop = self.unet.random_drop_mask(len(clean), clean.device)
-        prediction = self.unet(noisy, timesteps, cond, drop)
-        loss = diffusion_loss(prediction.float(), target.float())
+        prediction = self.unet(noisy.to(self.dtype), timesteps, cond, drop)
+        loss = diffusion_loss(prediction.float(), target)
         return loss, {"mse": loss.detach()}
 
 
