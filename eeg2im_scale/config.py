@@ -198,6 +198,9 @@ class EvalConfig:
     inception_weights: str | None = None  # FID Inception (pt_inception-2015-12-05) file; None: torch hub cache
     random_inception: bool = False  # tests only: same architecture, random weights (numbers not comparable)
     inception_metrics: bool = True  # IS/FID/KID; false skips them and needs no Inception weights (offline quickstart)
+    # the real images FID/KID compare with, each distinct image once: the evaluated trials' stimuli, or every
+    # image of the evaluated classes in the corpus (all splits, training images included)
+    reference: Literal["test_images", "class_images"] = "test_images"
     is_splits: int = 10
     kid_subsets: int = 100
     kid_subset_size: int = 1000

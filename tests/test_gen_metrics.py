@@ -133,3 +133,76 @@ def test_random_inception_shapes_and_determinism(tmp_path, monkeypatch):
     assert torch.equal(extract(loaded, images)[0], features)
     with pytest.raises(TypeError):
         extract(model, images.float())
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluator's metric path: order-free, one real image per stimulus
+
+
+def _records(trials: int = 60, per_image: int = 3, images_per_trial: int = 2, classes: int = 4):
+    """Gathered-record stand-ins whose features and logits vary strongly from row to row (a random-weight
+    Inception's rows are nearly equal and would hide any order effect)."""
+    rng = np.random.default_rng(0)
+    images = trials // per_image
+    real = {f"img{i:03d}": rng.normal(size=D).astype(np.float32) * 3 for i in range(images)}
+    records = []
+    for t in range(trials):
+        image_id = f"img{t % images:03d}"
+        label = (t % images) % classes
+        records.append({
+            "key": f"{t:06d}", "image_id": image_id, "subject": t % 3, "label": label,
+            "eeg_top1": bool(t % 2), "eeg_top5": True,
+            "teacher_logits": rng.normal(size=(images_per_trial, classes)) * 3,
+            "real_teacher_logits": rng.normal(size=(1, classes)) * 3,
+            "fake_features": (rng.normal(size=(images_per_trial, D)) + label).astype(np.float32),
+            "fake_logits": (rng.normal(size=(images_per_trial, 100)) * 4).astype(np.float32),
+            "real_features": real[image_id],
+            "ssim": [float(rng.random()) for _ in range(images_per_trial)],
+        })
+    return records, real
+
+
+def _metric_values(records, class_images=None, **eval_overrides):
+    from types import SimpleNamespace
+
+    from eeg2im_scale.config import load_config
+    from eeg2im_scale.eval.evaluator import _summarise
+
+    cfg = load_config(None, ["eval.images_per_trial=2", "eval.is_splits=4", "eval.kid_subsets=20",
+                             "eval.kid_subset_size=15", "eval.n_way=3",
+                             *(f"eval.{k}={v}" for k, v in eval_overrides.items())])
+    pipeline = SimpleNamespace(corpus={"class_names": ["a", "b", "c", "d"]})
+    out = _summarise(cfg, pipeline, records, class_images, "ddim", 4, 3.0)
+    return {name: entry["value"] for name, entry in out["metrics"].items()}, out["protocol"]
+
+
+def test_metrics_do_not_depend_on_the_order_records_were_gathered_in():
+    """Process order reaches the metric path as row order: IS splits, KID subsets and n-way draws
+    must see the same rows whatever it is (here: every trial's rows shuffled as processes interleave)."""
+    records, _ = _records()
+    reference, _ = _metric_values(records)
+    for seed in (1, 2):
+        shuffled = [records[i] for i in np.random.default_rng(seed).permutation(len(records))]
+        values, _ = _metric_values(shuffled)
+        assert values == reference
+
+
+def test_real_reference_holds_each_stimulus_once():
+    records, real = _records(trials=60, per_image=3)
+    values, protocol = _metric_values(records)
+    distinct = np.stack([real[k] for k in sorted(real)]).astype(np.float64)
+    fake = np.concatenate([r["fake_features"] for r in records]).astype(np.float64)
+    assert protocol["real_images"] == protocol["distinct_stimuli"] == 20 and protocol["generated_images"] == 120
+    assert "distinct" in protocol["reference"]
+    expected = frechet_distance(distinct.mean(0), np.cov(distinct, rowvar=False), fake.mean(0), np.cov(fake, rowvar=False))
+    assert values["fid"] == pytest.approx(expected, rel=1e-9)
+    kid_mean, _ = kid(torch.from_numpy(fake), torch.from_numpy(distinct), subsets=20, subset_size=15, seed=0)
+    assert values["kid"]["mean"] == pytest.approx(kid_mean, rel=1e-12)
+
+
+def test_class_images_reference_replaces_the_trials_stimuli():
+    records, real = _records()
+    extra = {f"train{i}": np.full(D, float(i), np.float32) for i in range(5)}
+    values, protocol = _metric_values(records, {**real, **extra}, reference="class_images")
+    assert protocol["real_images"] == len(real) + len(extra) and "all splits" in protocol["reference"]
+    assert values["fid"] != _metric_values(records)[0]["fid"]

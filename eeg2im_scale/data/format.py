@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .preprocess import square_resize
 from .tario import TarFormatError, iter_members
 
 KEY_DIGITS = 9
@@ -55,10 +56,11 @@ def encode_eeg(eeg: np.ndarray) -> bytes:
 
 
 def encode_image(image: np.ndarray, fmt: str, size: int | None = None) -> bytes:
-    """PNG (lossless) or JPEG (quality 95) bytes, optionally pre-resized to the training size."""
+    """PNG (lossless) or JPEG (quality 95) bytes, optionally pre-resized to the training size (centre
+    square, then bicubic: :func:`square_resize`)."""
     pil = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
     if size is not None and pil.size != (size, size):
-        pil = pil.resize((size, size), Image.BICUBIC)
+        pil = Image.fromarray(square_resize(np.asarray(pil), size))
     buf = io.BytesIO()
     if fmt == "png":
         pil.save(buf, format="PNG", compress_level=1)

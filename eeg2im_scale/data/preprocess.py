@@ -53,14 +53,30 @@ class EEGPreprocess:
         return out
 
 
+def centre_square(image: np.ndarray) -> np.ndarray:
+    """The largest centred square of an HWC image (a view), as the reference FID/IS pipelines crop
+    before resizing: a squashed stimulus would change every shape and the Inception statistics."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return image[top:top + side, left:left + side]
+
+
+def square_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 HWC → ``size``×``size``: centre square, then bicubic resize (each only when needed)."""
+    image = centre_square(image)
+    if image.shape[0] != size:
+        image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.BICUBIC))
+    return image
+
+
 def prepare_image(image: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 HWC → uint8 CHW at ``size``×``size`` (bicubic resize only when needed), written into
-    ``out`` when given.
+    """uint8 HWC → uint8 CHW at ``size``×``size`` (:func:`square_resize`), written into ``out`` when given.
 
     Images stay uint8 until they reach the model: four times less to move than float32.
     """
     if image.shape[0] != size or image.shape[1] != size:
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+        image = square_resize(image, size)
     if out is None:
         return np.ascontiguousarray(image.transpose(2, 0, 1))
     out[...] = image.transpose(2, 0, 1)

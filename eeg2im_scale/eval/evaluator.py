@@ -2,10 +2,12 @@
 
 Each process reads a disjoint share of the split's shards (our own loader, split by process:
 never handed to ``accelerator.prepare``, whose batch dispatching hangs on iterable datasets),
-classifies the EEG, generates images, and extracts Inception features. Float64 feature sums are
-reduced across processes; per-trial records and the features KID needs are gathered with
-Accelerate's ``gather_object``; the main process computes every metric once. Generation noise is
-seeded per trial, so the numbers do not depend on how many processes share the work.
+classifies the EEG, generates images, and extracts Inception features. Per-trial records, each
+carrying its own feature and logit rows, are gathered with Accelerate's ``gather_object`` and
+sorted by trial key before any metric: gathered rows arrive in process order, and IS (splits), KID
+(subsets) and n-way accuracy (draws) depend on row order. Generation noise is seeded per trial, so
+the numbers do not depend on how many processes share the work. The real reference set holds each
+stimulus once (by ``image_id``), however many trials showed it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object, reduce
+from accelerate.utils import gather_object
 from tqdm import tqdm
 
 from ..config import Config
@@ -39,11 +41,13 @@ DEFINITIONS = {
     "eeg_top5": "EEG classification: fraction of trials whose true class is among the 5 highest logits",
     "inception_score": "IS of the generated images: exp(E KL(p(y|x) || p(y))) over the FID Inception's 1008 logits, "
                        "mean ± std over `is_splits` splits (torch-fidelity's definition)",
-    "fid": "Fréchet distance between Inception pool3 (2048-d) Gaussians of real split images and generated images; "
-           "images enter as uint8 and are resized to 299 with the TF-compatible bilinear resize of the original "
-           "FID code (torch-fidelity), not torchmetrics>=1.8's antialiased resize",
-    "kid": "kernel inception distance: unbiased MMD² with the cubic polynomial kernel on pool3 features, "
-           "mean ± std over `kid_subsets` random subsets of `kid_subset_size`",
+    "fid": "Fréchet distance between Inception pool3 (2048-d) Gaussians of the real reference images (each "
+           "distinct image once; `protocol.reference`) and the generated images; images enter as uint8 and are "
+           "resized to 299 with the TF-compatible bilinear resize of the original FID code (torch-fidelity), not "
+           "torchmetrics>=1.8's antialiased resize",
+    "kid": "kernel inception distance: unbiased MMD² with the cubic polynomial kernel on pool3 features of the "
+           "generated and the real reference images (each distinct image once), mean ± std over `kid_subsets` "
+           "random subsets of `kid_subset_size`",
     "generated_n_way_top_k": "generated images classified by the fine-tuned teacher: for each image, the true class "
                              "and n−1 random other classes are drawn; a hit when the true class is among the top-k of "
                              "those n logits; averaged over draws",
@@ -90,24 +94,22 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
     data_cfg = replace(cfg.data, batch_size=e.batch_size, image_size=pipeline.corpus["image_size"])
     loader = EEGImageLoader(data_cfg, e.split, train=False, rank=state.process_index, world_size=state.num_processes)
     selected, grid_keys = _selected_keys(loader, e.max_trials, e.grid_trials)
-    real_stats, fake_stats = FeatureStats(), FeatureStats()
-    records, fake_logits, fake_features, real_features, grid = [], [], [], [], {}
+    records, grid = [], {}
     with torch.no_grad():
         for batch in tqdm(loader, desc="evaluating", unit="batch", disable=None if state.is_main_process else True):
             keep = [i for i, k in enumerate(batch["key"]) if k in selected]
             if not keep:
                 continue
             batch = {k: (v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in keep]) for k, v in batch.items()}
-            records += _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, device,
-                                       real_stats, fake_stats, fake_logits, fake_features, real_features, grid,
+            records += _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, device, grid,
                                        grid_keys)
-    real_stats = FeatureStats.from_tensor(reduce(real_stats.to_tensor().to(device), "sum").cpu())
-    fake_stats = FeatureStats.from_tensor(reduce(fake_stats.to_tensor().to(device), "sum").cpu())
-    records = gather_object(records)
-    fake_logits, fake_features, real_features = map(_gather_arrays, (fake_logits, fake_features, real_features))
+        records = gather_object(records)
+        reference = None
+        if inception is not None and e.reference == "class_images":
+            classes = {r["label"] for r in records}
+            reference = _class_reference(inception, data_cfg, classes, state)
     grid_items = gather_object(list(grid.items()))
-    metrics = _summarise(cfg, pipeline, records, real_stats, fake_stats, fake_logits, fake_features, real_features,
-                         sampler, steps, guidance)
+    metrics = _summarise(cfg, pipeline, records, reference, sampler, steps, guidance)
     if state.is_main_process:
         out = Path(out_dir) if out_dir else Path(model_dir).parent / "eval"
         out.mkdir(parents=True, exist_ok=True)
@@ -120,10 +122,24 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
     return metrics
 
 
-def _gather_arrays(chunks: list[np.ndarray]) -> np.ndarray | None:
-    """This process's row blocks concatenated across processes (None where none were made)."""
-    gathered = gather_object([np.concatenate(chunks)] if chunks else [])
-    return np.concatenate(gathered) if gathered else None
+def _class_reference(inception, data_cfg, classes: set[int], state: PartialState) -> dict[str, np.ndarray]:
+    """``eval.reference: class_images``: pool3 features of every distinct image of the evaluated classes in
+    the corpus (all splits, training images included), each process reading a disjoint share of the shards."""
+    features: dict[str, np.ndarray] = {}
+    for split in ("train", "val", "test"):
+        loader = EEGImageLoader(data_cfg, split, train=False, rank=state.process_index, world_size=state.num_processes)
+        for batch in tqdm(loader, desc=f"reference images ({split})", unit="batch",
+                          disable=None if state.is_main_process else True):
+            rows = [i for i, (image_id, label) in enumerate(zip(batch["image_id"], batch["label"].tolist()))
+                    if label in classes and image_id not in features]
+            rows = list({batch["image_id"][i]: i for i in reversed(rows)}.values())  # one row per image
+            if rows:
+                feat, _ = extract(inception, batch["image"][rows].to(state.device))
+                features.update(zip((batch["image_id"][i] for i in rows), feat.float().cpu().numpy()))
+    merged: dict[str, np.ndarray] = {}
+    for image_id, feat in gather_object(sorted(features.items(), key=lambda item: item[0])):
+        merged.setdefault(image_id, feat)
+    return merged
 
 
 def _selected_keys(loader: EEGImageLoader, max_trials: int, grid_trials: int) -> tuple[set[str], set[str]]:
@@ -139,8 +155,9 @@ def _selected_keys(loader: EEGImageLoader, max_trials: int, grid_trials: int) ->
     return {key for key, _ in rows}, set(sorted(first_of_image.values())[:grid_trials])
 
 
-def _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, device, real_stats, fake_stats,
-                    fake_logits, fake_features, real_features, grid, grid_keys) -> list[dict]:
+def _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, device, grid, grid_keys) -> list[dict]:
+    """One record per trial, carrying its own rows of every per-image array, so that sorting the
+    gathered records keeps each trial's features, logits and fidelity values together."""
     eeg = batch["eeg"].to(device)
     real = batch["image"].to(device)
     n = e.images_per_trial
@@ -148,14 +165,9 @@ def _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, dev
     cond = pipeline.condition(eeg).repeat_interleave(n, dim=0)
     generators = _generators(batch["key"], n, e.seed, device)
     generated = from_unit_range(sample(pipeline.unet, cond, sampler, steps, guidance, real.shape[-1], generators))
-    if inception is not None:
-        real_feat, _ = extract(inception, real)
-        fake_feat, fake_logit = extract(inception, generated)
-        real_stats.update(real_feat)
-        fake_stats.update(fake_feat)
-        fake_logits.append(fake_logit.double().cpu().numpy())
-        fake_features.append(fake_feat.cpu().numpy())
-        real_features.append(real_feat.cpu().numpy())
+    if inception is not None:  # float32 rows: the network's own precision, half the memory of float64
+        real_feat = extract(inception, real)[0].float().cpu().numpy()
+        fake_feat, fake_logit = (x.float().cpu().numpy() for x in extract(inception, generated))
     teacher_logits, _ = pipeline.teacher(generated)
     real_teacher_logits, _ = pipeline.teacher(real)
     real_repeated = real.repeat_interleave(n, dim=0)
@@ -178,21 +190,35 @@ def _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, dev
         label = int(batch["label"][i])
         rows = slice(i * n, (i + 1) * n)
         records.append({
-            "key": key, "subject": int(batch["subject"][i]), "label": label,
+            "key": key, "image_id": batch["image_id"][i], "subject": int(batch["subject"][i]), "label": label,
             "eeg_top1": bool(top5[i, 0] == label), "eeg_top5": bool((top5[i] == label).any()),
             "teacher_logits": teacher_logits[rows].double().cpu().numpy(),
             "real_teacher_logits": real_teacher_logits[i:i + 1].double().cpu().numpy(),
             **{name: [float(v) for v in values[rows]] for name, values in pair.items()},
         })
+        if inception is not None:
+            records[-1].update(fake_features=fake_feat[rows], fake_logits=fake_logit[rows], real_features=real_feat[i])
         if key in grid_keys:
             grid[key] = (batch["image"][i].permute(1, 2, 0).numpy(),
                          generated[rows].permute(0, 2, 3, 1).cpu().numpy(), label)
     return records
 
 
-def _summarise(cfg, pipeline, records, real_stats, fake_stats, fake_logits, fake_features, real_features,
-               sampler, steps, guidance) -> dict:
+def reference_features(records: list[dict], reference: dict[str, np.ndarray] | None) -> np.ndarray:
+    """The real reference set: ``reference`` (``class_images``, by image id) or each distinct stimulus of
+    ``records`` once (the first trial of its ``image_id`` in key order), rows in image-id order."""
+    if reference is None:
+        reference = {}
+        for record in records:
+            reference.setdefault(record["image_id"], record["real_features"])
+    return np.stack([reference[image_id] for image_id in sorted(reference)]).astype(np.float64)
+
+
+def _summarise(cfg, pipeline, records, reference, sampler, steps, guidance) -> dict:
+    """Every metric from the gathered records, sorted by trial key first: nothing depends on which
+    process evaluated which trial, or in which order the processes' rows were gathered."""
     e = cfg.eval
+    records = sorted(records, key=lambda r: r["key"])
     num_classes = len(pipeline.corpus["class_names"])
     n_way = e.n_way or num_classes
     labels = torch.tensor([r["label"] for r in records for _ in range(e.images_per_trial)])
@@ -206,11 +232,19 @@ def _summarise(cfg, pipeline, records, real_stats, fake_stats, fake_logits, fake
         "real_n_way_top_k": fidelity.n_way_topk_accuracy(real_teacher, real_labels, n_way, e.top_k, trials=10,
                                                          seed=e.seed),
     }
+    real_images = len({r["image_id"] for r in records})
     if e.inception_metrics:
+        fake_features = np.concatenate([r["fake_features"] for r in records]).astype(np.float64)
+        fake_logits = np.concatenate([r["fake_logits"] for r in records]).astype(np.float64)
+        real_features = reference_features(records, reference)
+        real_images = len(real_features)
         is_mean, is_std = inception_score(torch.from_numpy(fake_logits), splits=e.is_splits)
         kid_mean, kid_std = kid(torch.from_numpy(fake_features), torch.from_numpy(real_features),
                                 subsets=e.kid_subsets, subset_size=e.kid_subset_size, seed=e.seed)
-        values.update({"inception_score": {"mean": is_mean, "std": is_std}, "fid": fid_from_stats(real_stats, fake_stats),
+        dim = real_features.shape[1]
+        fid = fid_from_stats(FeatureStats(dim).update(torch.from_numpy(real_features)),
+                             FeatureStats(dim).update(torch.from_numpy(fake_features)))
+        values.update({"inception_score": {"mean": is_mean, "std": is_std}, "fid": fid,
                        "kid": {"mean": kid_mean, "std": kid_std}})
     for name in ("hist_intersection", "hue_emd", "ssim", "pixel_correlation", "hue_error", "saturation_error",
                  "brightness_error"):
@@ -221,13 +255,25 @@ def _summarise(cfg, pipeline, records, real_stats, fake_stats, fake_logits, fake
         "protocol": {
             "split": e.split, "split_by": cfg.data.split_by, "trials": len(records),
             "images_per_trial": e.images_per_trial, "generated_images": len(labels),
-            "real_images": len(records), "sampler": sampler, "sample_steps": steps,
+            "distinct_stimuli": len({r["image_id"] for r in records}), "real_images": real_images,
+            "reference": REFERENCES[e.reference] if e.inception_metrics else None,
+            "sampler": sampler, "sample_steps": steps,
             "guidance_scale": guidance, "inception": _inception_protocol(e),
+            "image_preprocessing": IMAGE_PREPROCESSING,
             "inception_input": "uint8 → 299×299 TF-compatible bilinear",
             "n_way": n_way, "top_k": e.top_k, "model_selection": "on the validation split only; test is reported once",
             "eval_config": asdict(e),
         },
     }
+
+
+REFERENCES = {
+    "test_images": "the distinct stimuli of the evaluated trials, each once (by image_id)",
+    "class_images": "every distinct image of the evaluated classes in the corpus, each once (all splits: "
+                    "training images included)",
+}
+IMAGE_PREPROCESSING = ("real and generated images at the model's image_size; a non-square stimulus is centre-cropped "
+                       "to a square, then resized (bicubic), as the corpus stores it for training")
 
 
 def _inception_protocol(e) -> str:
