@@ -182,3 +182,20 @@ def test_class_subset_selects_and_relabels_in_the_given_order(random_corpus):
 def test_class_subset_naming_an_unknown_class_fails_with_the_valid_ones(random_corpus):
     with pytest.raises(ValueError, match=r"data.classes names \['zebra'\].*its classes are: a, b, c"):
         EEGImageLoader(data_cfg(random_corpus, classes=["a", "zebra"]), "train")
+
+
+def test_non_square_stimuli_are_centre_cropped_not_squashed():
+    """As the reference FID/IS pipelines: the centred square, then the resize. Squashing a 2:1 image
+    would pull the black side bands into every pixel column of the result."""
+    import io
+
+    from PIL import Image
+
+    from eeg2im_scale.data.format import encode_image
+    from eeg2im_scale.data.preprocess import prepare_image
+
+    image = np.zeros((40, 80, 3), np.uint8)
+    image[:, 20:60] = 255  # the centred 40 x 40 square is white
+    assert (prepare_image(image, 16) == 255).all()
+    stored = np.asarray(Image.open(io.BytesIO(encode_image(image, "png", size=16))))
+    assert stored.shape == (16, 16, 3) and (stored == 255).all()
