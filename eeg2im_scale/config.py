@@ -77,6 +77,8 @@ class TeacherConfig:
     weights: str | None = None  # path to a torchvision state dict of `arch` (.pth/.safetensors)
     input_size: int = 224  # images are resized to this before the teacher
     augment: bool = True  # random flips and shifts while fine-tuning (it memorises a few hundred images otherwise)
+    # which flips: a photo keeps its label under a horizontal flip only; both suits shapes that survive a vertical one
+    flips: Literal["horizontal", "both", "none"] = "horizontal"
 
 
 @dataclass

@@ -337,10 +337,24 @@ def test_flip_and_shift_without_shift_is_one_of_the_four_flips():
 
     torch.manual_seed(0)
     images = torch.rand(64, 3, 8, 8) * 2 - 1
-    out = flip_and_shift(images, max_shift=0.0)
+    out = flip_and_shift(images, "both", max_shift=0.0)
     variants = torch.stack([images, images.flip(-1), images.flip(-2), images.flip(-1, -2)])  # [4, B, ...]
     matches = (out[None] - variants).abs().amax(dim=(2, 3, 4)) < 1e-5  # [4, B]
     assert matches.any(0).all() and matches.any(1).all()  # every image is a flip; every flip occurs
+
+
+@pytest.mark.parametrize("flips, allowed", [("horizontal", (0, 1)), ("none", (0,))])
+def test_photos_are_never_flipped_upside_down(flips, allowed):
+    from eeg2im_scale.models.teacher import flip_and_shift
+
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, 8, 8) * 2 - 1
+    out = flip_and_shift(images, flips, max_shift=0.0)
+    variants = torch.stack([images, images.flip(-1), images.flip(-2), images.flip(-1, -2)])
+    matches = (out[None] - variants).abs().amax(dim=(2, 3, 4)) < 1e-5  # [4, B]
+    assert matches[list(allowed)].any(0).all() and matches[list(allowed)].any(1).all()
+    with pytest.raises(ValueError, match="horizontal"):
+        flip_and_shift(images, "vertical")
 
 
 def test_flip_and_shift_translates_by_at_most_the_limit():

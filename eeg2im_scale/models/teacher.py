@@ -116,12 +116,23 @@ class Teacher(nn.Module):
         return self.head(features), features
 
 
-def flip_and_shift(images: torch.Tensor, max_shift: float = 0.125) -> torch.Tensor:
-    """Random horizontal/vertical flips and translations of up to ``max_shift`` of the side, per
-    image, edges repeated: label-preserving augmentation for fine-tuning the teacher on a few
-    hundred images, which it would otherwise memorise rather than learn."""
+FLIPS = ("none", "horizontal", "both")
+
+
+def flip_and_shift(images: torch.Tensor, flips: str = "horizontal", max_shift: float = 0.125) -> torch.Tensor:
+    """Random flips (``flips``: ``horizontal``, ``both`` or ``none``) and translations of up to
+    ``max_shift`` of the side, per image, edges repeated: label-preserving augmentation for
+    fine-tuning the teacher on a few hundred images, which it would otherwise memorise rather than
+    learn. Photos keep their label under a horizontal flip only (an upside-down dog is not an
+    ImageNet dog); ``both`` suits stimuli whose class survives a vertical flip."""
+    if flips not in FLIPS:
+        raise ValueError(f"flips must be one of {', '.join(FLIPS)}, got {flips!r}")
     n = images.shape[0]
     signs = torch.randint(0, 2, (n, 2), device=images.device).to(images.dtype) * 2 - 1
+    if flips != "both":
+        signs[:, 1] = 1  # column 1: the y axis (vertical flip)
+    if flips == "none":
+        signs[:, 0] = 1  # column 0: the x axis (horizontal flip)
     shifts = (torch.rand(n, 2, device=images.device, dtype=images.dtype) * 2 - 1) * (2 * max_shift)
     theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
     theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = signs[:, 0], signs[:, 1], shifts

@@ -159,14 +159,15 @@ def _training_labels(batch: dict, shuffled: ShuffledLabels | None) -> torch.Tens
 class TeacherModule(StageModule):
     """Fine-tunes ResNet50 on the training images so its logits cover the dataset's classes."""
 
-    def __init__(self, teacher: nn.Module, augment: bool, dtype: torch.dtype, shuffled: ShuffledLabels | None = None):
+    def __init__(self, teacher: nn.Module, flips: str | None, dtype: torch.dtype,
+                 shuffled: ShuffledLabels | None = None):
         super().__init__(dtype)
-        self.teacher, self.augment, self.shuffled = teacher, augment, shuffled
+        self.teacher, self.flips, self.shuffled = teacher, flips, shuffled  # flips None: no augmentation
 
     def forward(self, batch: dict):
         images = _images(batch, self.dtype)
-        if self.augment and self.training:
-            images = flip_and_shift(images)
+        if self.flips is not None and self.training:
+            images = flip_and_shift(images, self.flips)
         logits, _ = self.teacher(images)
         labels = _training_labels(batch, self.shuffled)
         loss = F.cross_entropy(logits.float(), labels)
@@ -314,7 +315,8 @@ def build_stage(name: str, cfg: Config, device: torch.device, dtype: torch.dtype
                                 f"train those stages first (train.stage={missing[0]} or train.stage=all)")
     shuffled = ShuffledLabels(cfg) if cfg.train.shuffle_labels else None
     if name == "teacher":
-        return Stage(name, TeacherModule(build_teacher_model(cfg, geo), cfg.model.teacher.augment, dtype, shuffled))
+        augment = cfg.model.teacher.flips if cfg.model.teacher.augment else None
+        return Stage(name, TeacherModule(build_teacher_model(cfg, geo), augment, dtype, shuffled))
     if name == "lowlevel":
         return Stage(name, LowLevelModule(*build_lowlevel(cfg, geo), cfg, dtype))
     if name == "highlevel":
