@@ -20,6 +20,9 @@ import yaml
 from .data.splits import parse_scheme
 
 
+Sampler = Literal["ddim", "dpm", "ddpm"]  # DDIM (eta 0), DPM-Solver++ (2nd order), DDPM ancestral
+
+
 class ConfigError(ValueError):
     """A configuration mistake, reported with the dotted key that caused it."""
 
@@ -127,9 +130,15 @@ class DiffusionConfig:
     # which EEG features condition the UNet: both (the paper's multi-level design) or one alone (ablation)
     condition_on: Literal["multilevel", "highlevel", "lowlevel"] = "multilevel"
     cond_dropout: float = 0.1  # probability of the null condition in training (classifier-free guidance)
-    sampler: Literal["ddim", "dpm"] = "ddim"
+    sampler: Sampler = "ddim"
     sample_steps: int = 50
     guidance_scale: float = 3.0
+    # what sampling does to each step's predicted clean image x0 (pixel space, where guidance overshoots):
+    # none, clip to [-1, 1], or dynamic thresholding (Imagen): clip to the x0_dynamic_ratio quantile of |x0|,
+    # at least 1 and at most x0_dynamic_max, then rescale into [-1, 1]
+    x0_clip: Literal["none", "clip", "dynamic"] = "clip"
+    x0_dynamic_ratio: float = 0.995
+    x0_dynamic_max: float = 1.5
 
 
 @dataclass
@@ -194,7 +203,7 @@ class EvalConfig:
     max_trials: int = 0  # 0 = every trial of the split
     images_per_trial: int = 1
     batch_size: int = 16  # trials per generation batch (per process)
-    sampler: Literal["ddim", "dpm"] | None = None  # None: model.diffusion.sampler
+    sampler: Sampler | None = None  # None: model.diffusion.sampler
     sample_steps: int | None = None  # None: model.diffusion.sample_steps
     guidance_scale: float | None = None  # None: model.diffusion.guidance_scale
     inception_weights: str | None = None  # FID Inception (pt_inception-2015-12-05) file; None: torch hub cache
@@ -287,6 +296,9 @@ class Config:
         if len(m.attention_levels) != len(m.block_channels):
             raise ConfigError(f"model.diffusion.attention_levels needs one entry per block_channels level "
                               f"({len(m.block_channels)}), got {len(m.attention_levels)}")
+        if not 0 < m.x0_dynamic_ratio < 1 or not m.x0_dynamic_max >= 1:
+            raise ConfigError(f"model.diffusion.x0_dynamic_ratio must be in (0, 1) and x0_dynamic_max >= 1, got "
+                              f"{m.x0_dynamic_ratio}, {m.x0_dynamic_max}")
         if not 0 <= m.cond_dropout < 1:
             raise ConfigError(f"model.diffusion.cond_dropout must be in [0, 1), got {m.cond_dropout}")
         p = self.protocol

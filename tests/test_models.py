@@ -324,12 +324,42 @@ class OracleUNet:
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpm", "ddpm"])
 def test_sampling_with_an_oracle_recovers_the_clean_image(prediction_type, sampler):
     cfg = DiffusionConfig(num_train_timesteps=1000, prediction_type=prediction_type)
     clean = torch.rand(2, 3, 8, 8) * 1.6 - 0.8
     out = sample(OracleUNet(cfg, clean), torch.zeros(2, 4), sampler, 10, 1.0, 8, torch.Generator().manual_seed(0))
     assert torch.allclose(out, clean, atol=1e-3)
+
+
+def test_ddpm_sampling_is_ancestral_and_seeded():
+    """DDPM draws fresh noise at every step from the generator: the same seed repeats, another does not."""
+    unet, cond = film_unet(perturbed=True), torch.randn(2, COND)
+
+    def run(sampler, seed):
+        return sample(unet, cond, sampler, 4, 2.0, IMAGE, torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run("ddpm", 0), run("ddpm", 0)) and not torch.equal(run("ddpm", 0), run("ddpm", 1))
+    scheduler = make_sampling_scheduler(unet.cfg, "ddpm")
+    assert type(scheduler).__name__ == "DDPMScheduler" and scheduler.config.timestep_spacing == "trailing"
+
+
+@pytest.mark.parametrize("x0_clip, bound", [("none", 3.0), ("clip", 1.0), ("dynamic", 1.0)])
+@pytest.mark.parametrize("sampler", ["ddim", "dpm", "ddpm"])
+def test_x0_clipping_bounds_every_steps_predicted_clean_image(sampler, x0_clip, bound):
+    """A UNet predicting x0 far outside [-1, 1] (guidance overshoot): clip and dynamic thresholding bring
+    each step's x0 into range, none leaves it; every sampler alike."""
+    cfg = DiffusionConfig(num_train_timesteps=100, prediction_type="sample", x0_clip=x0_clip, x0_dynamic_max=1.5)
+    scheduler = make_sampling_scheduler(cfg, sampler)
+    scheduler.set_timesteps(4)
+    x0 = torch.full((1, 3, 4, 4), 3.0)
+    x0[0, 0, 0, 0] = -3.0
+    t = scheduler.timesteps[0]
+    step = scheduler.step(x0, t, torch.randn(1, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    predicted = getattr(step, "pred_original_sample", None)
+    if predicted is None:  # DPM-Solver++ keeps its (thresholded) x0 as the converted model output
+        predicted = scheduler.model_outputs[-1]
+    assert predicted.abs().max().item() == pytest.approx(bound, rel=1e-5)
 
 
 def test_flip_and_shift_without_shift_is_one_of_the_four_flips():

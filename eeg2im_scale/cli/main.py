@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import ConfigError, SynthConfig, dump_config, load_config, to_dict
+from ..config import ConfigError, Sampler, SynthConfig, dump_config, load_config, to_dict
 from ..eval.report import add_arguments as report_args
 from ..eval.report import cmd_report
 from ..protocols import PROTOCOLS
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--num-images", type=int, default=4)
     generate.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     generate.add_argument("--steps", type=int, default=None, help="sampler steps")
-    generate.add_argument("--sampler", choices=["ddim", "dpm"], default=None)
+    generate.add_argument("--sampler", choices=typing.get_args(Sampler), default=None)
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--device", default="cuda" if _cuda() else "cpu")
     return parser

@@ -7,13 +7,15 @@ schedule and prediction type a model was trained with are the ones it is sampled
 from __future__ import annotations
 
 import torch
+import typing
+
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from eeg2im_scale.config import DiffusionConfig
+from eeg2im_scale.config import DiffusionConfig, Sampler
 from eeg2im_scale.models.film_unet import FiLMUNet
 
-SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+SAMPLERS = dict(zip(typing.get_args(Sampler), (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler)))
 
 
 def make_train_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
@@ -22,17 +24,26 @@ def make_train_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
                          prediction_type=cfg.prediction_type)
 
 
-def make_sampling_scheduler(cfg: DiffusionConfig, name: str) -> DDIMScheduler | DPMSolverMultistepScheduler:
-    """DDIM (deterministic, eta=0) or DPM-Solver++ (2nd order) over the training noise schedule.
+def make_sampling_scheduler(cfg: DiffusionConfig, name: str) -> DDIMScheduler | DPMSolverMultistepScheduler | DDPMScheduler:
+    """DDIM (deterministic, eta=0), DPM-Solver++ (2nd order) or DDPM ancestral sampling over the
+    training noise schedule, with ``cfg.x0_clip`` applied to every step's predicted x0.
 
     ``trailing`` timestep spacing makes the first step start at the last training timestep
     (pure noise) even with few steps; the default ``leading`` spacing would start 3 steps out
-    of 1000 at t=666, from an image that is not noise at all.
+    of 1000 at t=666, from an image that is not noise at all. Clipping is diffusers' thresholding
+    for every sampler (``sample_max_value=1`` makes it a plain clip to [-1, 1]), so the three
+    samplers treat x0 alike (DDIM's and DDPM's own ``clip_sample`` is off).
     """
     if name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    clip = {"none": {"thresholding": False},
+            "clip": {"thresholding": True, "sample_max_value": 1.0},
+            "dynamic": {"thresholding": True, "dynamic_thresholding_ratio": cfg.x0_dynamic_ratio,
+                        "sample_max_value": cfg.x0_dynamic_max}}[cfg.x0_clip]
+    if name != "dpm":
+        clip["clip_sample"] = False
     return SAMPLERS[name](num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                          prediction_type=cfg.prediction_type, timestep_spacing="trailing")
+                          prediction_type=cfg.prediction_type, timestep_spacing="trailing", **clip)
 
 
 def diffusion_training_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor,
