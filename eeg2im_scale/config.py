@@ -233,6 +233,10 @@ class ProtocolConfig:
     prestimulus_window: tuple[int, int] | None = None  # drift control: [start, stop) samples before stimulus
     # onset in the stored trials (THINGS-EEG2: [0, 20]); None: the corpus has none and that control is skipped
     seed: int = 0  # which classes are held out when heldout_classes is None
+    min_train_margin: float = 0.2  # controls' positive control: a control's classifier must beat its training
+    # split's chance by this much (and significantly), or its verdict is "inconclusive", never "no leakage"
+    deep_controls: bool = True  # controls: retrain the EEG encoder per control; false: the drift probe only (seconds)
+    control_steps: int | None = None  # controls: EEG encoder steps (cross-entropy only); None: train.highlevel.steps
 
 
 @dataclass
@@ -310,6 +314,9 @@ class Config:
                               f"got {list(p.prestimulus_window)}")
         if p.heldout_classes is not None and len(set(p.heldout_classes)) != len(p.heldout_classes):
             raise ConfigError(f"protocol.heldout_classes lists a class twice: {p.heldout_classes}")
+        if not 0 <= p.min_train_margin < 1 or (p.control_steps is not None and p.control_steps < 1):
+            raise ConfigError(f"protocol.min_train_margin must be in [0, 1) and protocol.control_steps >= 1 (or null), "
+                              f"got {p.min_train_margin}, {p.control_steps}")
         return self
 
 

@@ -284,15 +284,19 @@ def _protocols(table: dict | None) -> str:
         f"(p = {r['p_value']:.2g}). {escape(r['verdict'])}.</p>\n" for r in leaks)
     rows = [[r["protocol"], r["variant"], r["split_by"], r["metric"],
              _fmt(r["value"]) + (f" ± {r['spread']:.2g}" if r.get("spread") is not None else ""),
-             _fmt(r["chance"]), str(r["trials"]), "—" if r["p_value"] is None else f"{r['p_value']:.2g}", r["verdict"]]
+             _fmt(r["chance"]), str(r["trials"]), "—" if r["p_value"] is None else f"{r['p_value']:.2g}",
+             "—" if r.get("train_accuracy") is None else _fmt(r["train_accuracy"]), r.get("probe") or "—",
+             r["verdict"]]
             for r in table["rows"]]
     notes = "".join(f"<li><b>{escape(protocol)}</b>: {escape(note)}</li>\n"
                     for protocol, texts in table["notes"].items() for note in texts)
     return (warnings + f"<p>Accuracy on the test split of each protocol's own runs, beside chance (the best "
             f"constant guess: 1/classes on a balanced test set) and the one-sided binomial p-value of scoring that "
-            f"well by guessing; verdicts at level {table['alpha']:g}. Updated {escape(table['updated'])}.</p>\n"
-            + _table(["protocol", "variant", "split", "metric", "value", "chance", "trials", "p", "verdict"], rows,
-                     numeric=(4, 5, 6, 7))
+            f"well by guessing; verdicts at level {table['alpha']:g}. A control's training accuracy is its positive "
+            f"control (a classifier that did not fit its training split makes the control inconclusive); a drift "
+            f"probe row names the probe that decided it. Updated {escape(table['updated'])}.</p>\n"
+            + _table(["protocol", "variant", "split", "metric", "value", "chance", "trials", "p", "train acc",
+                      "probe", "verdict"], rows, numeric=(4, 5, 6, 7, 8))
             + f"\n<ul>\n{notes}</ul>")
 
 

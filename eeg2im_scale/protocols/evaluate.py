@@ -15,7 +15,7 @@ from ..data.loader import EEGImageLoader
 from ..data.manifest import Manifest
 from ..models.autoencoder import to_unit_range
 from ..models.teacher import Teacher
-from ..train.stages import Geometry, build_highlevel, load_prefixed, stage_weights
+from ..train.stages import Geometry, ShuffledLabels, build_highlevel, load_prefixed, stage_weights
 from .plans import ProtocolError
 
 
@@ -39,14 +39,18 @@ def _trained_encoder(cfg: Config):
 
 
 @torch.no_grad()
-def classifier_scores(cfg: Config) -> Scores:
-    """Top-1 accuracy of the run's high-level EEG encoder (its class head) on the test split."""
+def classifier_scores(cfg: Config, split: str = "test") -> Scores:
+    """Top-1 accuracy of the run's high-level EEG encoder (its class head) on ``split``. On the
+    training split of a shuffled-label run it is scored against the labels it was trained with:
+    a control's positive control asks whether its classifier fitted what it was given."""
     encoder, geo = _trained_encoder(cfg)
+    relabel = ShuffledLabels(cfg) if split == "train" and cfg.train.shuffle_labels else None
     labels, correct = [], 0
-    for batch in EEGImageLoader(cfg.data, "test", train=False):
+    for batch in EEGImageLoader(cfg.data, split, train=False):
         predicted = encoder(batch["eeg"].to(DEVICE))["logits"].argmax(1).cpu()
-        correct += int((predicted == batch["label"]).sum())
-        labels += batch["label"].tolist()
+        target = batch["label"] if relabel is None else relabel(batch)
+        correct += int((predicted == target).sum())
+        labels += target.tolist()
     return Scores(correct, len(labels), np.bincount(labels, minlength=geo.num_classes).tolist(), geo.num_classes)
 
 

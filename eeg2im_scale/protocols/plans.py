@@ -31,9 +31,10 @@ class Variant:
     run_dir: str
     overrides: tuple[str, ...]  # on top of the user's config and overrides
     stages: tuple[str, ...]  # train.stage values, run in this order
-    evaluation: str  # "pipeline" (eeg2im evaluate) | "classifier" | "zero-shot"
+    evaluation: str  # "pipeline" (eeg2im evaluate) | "classifier" | "zero-shot" | "probe" (trains nothing)
     control: str | None = None  # "shuffled" | "drift"
     heldout: tuple[str, ...] = ()  # zero-shot: the unseen classes
+    window: tuple[int, int] | None = None  # probe: [start, stop) samples of each trial; None: all
 
     def stage_overrides(self, stage: str) -> list[str]:
         return [*self.overrides, f"train.stage={stage}"]
@@ -135,12 +136,34 @@ def _held_out_classes(cfg: Config, layout: Layout, variant) -> Plan:
 
 def _controls(cfg: Config, layout: Layout, variant) -> Plan:
     p = cfg.protocol
-    variants = [
-        variant("shuffled-labels", "shuffled labels", "train.shuffle_labels=true", control="shuffled"),
-        variant("lowpass", f"< {p.lowpass_hz:g} Hz only", override("data.bandpass", [0, p.lowpass_hz]),
+    notes = [(f"Drift probe: L2-regularised logistic regressions on each trial's per-channel means, linear trends "
+              f"and < {p.lowpass_hz:g} Hz power (and the pre-stimulus window's, when set), fitted on the scheme's "
+              f"training split and tested on its test split; the row names the strongest probe, its p-value "
+              f"Bonferroni-corrected over the probes, and the probe's training accuracy (its positive control). "
+              f"No deep training: it runs in seconds.")]
+    windows = [("drift-probe", "drift probe", None)]
+    if p.prestimulus_window is not None:
+        windows.append(("drift-probe-prestimulus", f"drift probe, pre-stimulus [{p.prestimulus_window[0]}, "
+                        f"{p.prestimulus_window[1]})", tuple(p.prestimulus_window)))
+    variants = [variant(slug, name, stages=(), evaluation="probe", control="drift", window=window)
+                for slug, name, window in windows]
+    if not p.deep_controls:
+        notes.append("Deep controls not run (protocol.deep_controls is false): the drift probe only.")
+        return Plan("controls", variants, notes)
+    # Cross-entropy only: distilling a teacher that knows nothing about the EEG would spend the
+    # control's capacity on the teacher instead of on fitting what the EEG carries.
+    ce_only = ["model.highlevel.kd_weight=0", "model.highlevel.feature_kd_weight=0",
+               *([f"train.highlevel.steps={p.control_steps}"] if p.control_steps is not None else [])]
+    variants += [
+        variant("shuffled-labels", "shuffled labels", "train.shuffle_labels=true", *ce_only, control="shuffled"),
+        variant("lowpass", f"< {p.lowpass_hz:g} Hz only", override("data.bandpass", [0, p.lowpass_hz]), *ce_only,
                 control="drift"),
     ]
-    notes = [
+    notes += [
+        ("Deep controls: the EEG encoder retrained per control with cross-entropy only (no distillation from the "
+         "image teacher), and its accuracy on its own training split reported beside the test accuracy: a control "
+         f"whose classifier did not beat its training split's chance by protocol.min_train_margin "
+         f"({p.min_train_margin:g}) is inconclusive, never 'no leakage'."),
         ("Shuffled labels: the training images' labels permuted (seed train.seed) for the teacher and the EEG "
          "encoder alike; the test keeps the true labels. Above chance means labels reach the model another way."),
         (f"Drift: the EEG classifier retrained and tested on content below {p.lowpass_hz:g} Hz only (a zero-phase "
@@ -152,7 +175,7 @@ def _controls(cfg: Config, layout: Layout, variant) -> Plan:
     if p.prestimulus_window is not None:
         start, stop = p.prestimulus_window
         variants.append(variant("prestimulus", f"pre-stimulus [{start}, {stop})",
-                                override("data.eeg_window", [start, stop]), control="drift"))
+                                override("data.eeg_window", [start, stop]), *ce_only, control="drift"))
         notes.append(f"Pre-stimulus: the classifier retrained and tested on samples [{start}, {stop}) of each "
                      f"trial, recorded before the stimulus appeared: nothing there can depend on the image.")
     else:

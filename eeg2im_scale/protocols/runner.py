@@ -23,8 +23,9 @@ from ..data.manifest import MANIFEST, Manifest
 from ..train.stages import Geometry, build_highlevel
 from .evaluate import check_images_disjoint, classifier_scores, zero_shot_scores
 from .plans import Plan, ProtocolError, Variant, layout_of, make_plan
+from .probe import drift_untestable, run_probes, split_features
 from .stats import chance_level
-from .table import TABLE, accuracy_row, update_table, value_row
+from .table import TABLE, accuracy_row, learned, update_table, value_row
 
 log = logging.getLogger(__name__)
 TRAIN_LAUNCHER = Path(__file__).resolve().parents[2] / "launchers" / "train.py"
@@ -33,7 +34,8 @@ TRAIN_LAUNCHER = Path(__file__).resolve().parents[2] / "launchers" / "train.py"
 RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 EVALUATIONS = {"pipeline": "the whole pipeline with `eeg2im evaluate` (eval.split)",
                "classifier": "EEG classifier top-1 on the test split",
-               "zero-shot": "zero-shot nearest-prototype top-1 over the held-out classes"}
+               "zero-shot": "zero-shot nearest-prototype top-1 over the held-out classes",
+               "probe": "linear drift probes on slow features: fitted on the training split, top-1 on the test split"}
 
 
 def train_commands(variant: Variant, config: str | None, overrides: list[str], launcher: str | None,
@@ -120,16 +122,45 @@ def _rows(variant: Variant, cfg) -> list[dict]:
     """The table rows of one trained variant."""
     alpha = cfg.protocol.alpha
     where = {"split_by": cfg.data.split_by, "run_dir": variant.run_dir}
+    if variant.evaluation == "probe":
+        return [_probe_row(variant, cfg, where)]
+    untestable = None
     if variant.evaluation == "classifier":
         scores = classifier_scores(cfg)
         metric = "eeg_top1"
+        if variant.control is not None:
+            untestable = drift_untestable(Manifest.for_data(cfg.data).info, cfg.protocol.lowpass_hz)
     elif variant.evaluation == "zero-shot":
         scores = zero_shot_scores(cfg, list(variant.heldout))
         metric = "zero_shot_top1"
     else:
         return _pipeline_rows(variant, cfg, where)
+    fit = None
+    if variant.control is not None:
+        train = classifier_scores(cfg, "train")
+        train_chance = chance_level(train.label_counts, train.choices)
+        fit = {"train_accuracy": train.correct / train.trials, "train_chance": train_chance,
+               "learned": learned(train.correct, train.trials, train_chance, alpha, cfg.protocol.min_train_margin)}
     return [accuracy_row(variant.protocol, variant.name, metric, scores.correct, scores.trials,
-                         chance_level(scores.label_counts, scores.choices), alpha, control=variant.control, **where)]
+                         chance_level(scores.label_counts, scores.choices), alpha, control=variant.control, fit=fit,
+                         untestable=untestable, **where)]
+
+
+def _probe_row(variant: Variant, cfg, where: dict) -> dict:
+    """The drift probe on the scheme's training and test splits (raw stored EEG: the probes
+    standardise their own features)."""
+    manifest = Manifest.for_data(cfg.data)
+    sfreq, lowpass = float(manifest.info["sfreq"]), cfg.protocol.lowpass_hz
+    train, test = (split_features(manifest, cfg.data.split_by, split, sfreq, lowpass, variant.window)
+                   for split in ("train", "test"))
+    best = run_probes(train, test, len(manifest.class_names))
+    train_trials = len(train[1])
+    fit = {"train_accuracy": best.train_accuracy, "train_chance": best.train_chance,
+           "learned": learned(round(best.train_accuracy * train_trials), train_trials, best.train_chance,
+                              cfg.protocol.alpha, cfg.protocol.min_train_margin)}
+    return accuracy_row(variant.protocol, variant.name, "probe_top1", best.correct, best.trials, best.chance,
+                        cfg.protocol.alpha, control="drift", p_value=best.p_value, fit=fit, probe=best.probe,
+                        untestable=drift_untestable(manifest.info, lowpass), **where)
 
 
 def _pipeline_rows(variant: Variant, cfg, where: dict) -> list[dict]:

@@ -3,7 +3,8 @@
 Each row is one number: ``protocol``, ``variant`` (fold, control, ...), ``metric``, ``value``
 (a LOSO summary adds ``spread``), ``chance``, ``trials`` and ``correct`` (where the value is a
 count of hits), the one-sided binomial ``p_value`` against chance, the ``verdict``, ``leak``
-(controls only: true when the control beats chance), the ``split_by`` scheme and the ``run_dir``
+(controls only: true when the control beats chance; null when it is inconclusive), the control's
+``train_accuracy`` (its positive control) and the drift ``probe`` that decided the row, the ``split_by`` scheme and the ``run_dir``
 that produced it. Invocations merge: a row replaces the row of the same (protocol, variant,
 metric), so LOSO folds run as separate jobs end up in one table, and the LOSO summary is
 recomputed from every fold row present.
@@ -29,14 +30,36 @@ VERDICTS = {  # (p < alpha, p >= alpha) per kind of row
 }
 
 
+def learned(train_correct: int, train_trials: int, train_chance: float, alpha: float, margin: float) -> bool:
+    """A control's positive control: its classifier fitted its own training split, i.e. beat that
+    split's chance by at least ``margin`` and significantly (level ``alpha``). A control whose
+    classifier learned nothing cannot show that nothing leaks."""
+    accuracy = train_correct / train_trials
+    return accuracy >= train_chance + margin and binomial_p_value(train_correct, train_trials, train_chance) < alpha
+
+
 def accuracy_row(protocol: str, variant: str, metric: str, correct: int, trials: int, chance: float,
-                 alpha: float, *, split_by: str, run_dir: str, control: str | None = None) -> dict:
-    """A row for ``correct`` hits out of ``trials``, tested against ``chance`` at level ``alpha``."""
-    p_value = binomial_p_value(correct, trials, chance)
+                 alpha: float, *, split_by: str, run_dir: str, control: str | None = None, p_value: float | None = None,
+                 fit: dict | None = None, probe: str | None = None, untestable: str | None = None) -> dict:
+    """A row for ``correct`` hits out of ``trials``, tested against ``chance`` at level ``alpha``
+    (or with a given, e.g. corrected, ``p_value``). A control's ``fit`` (``train_accuracy``,
+    ``train_chance``, ``learned``) is its positive control: a control that does not beat chance
+    says "no leakage" only when its classifier learned its training split and the file can show
+    drift at all (``untestable``: why it cannot)."""
+    p_value = binomial_p_value(correct, trials, chance) if p_value is None else p_value
+    verdict, leak = VERDICTS[control][0 if p_value < alpha else 1], None if control is None else bool(p_value < alpha)
+    if leak and probe is not None:
+        verdict += f"; flagged by the {probe} probe"
+    if control is not None and not leak:
+        if untestable is not None and control == "drift":
+            verdict, leak = f"drift cannot be tested on this file ({untestable}): compare `data.split_by=block`", None
+        elif fit is not None and not fit["learned"]:
+            verdict, leak = (f"inconclusive: the control's classifier did not learn (training accuracy "
+                             f"{fit['train_accuracy']:.2f}, chance {fit['train_chance']:.2f})"), None
     return {"protocol": protocol, "variant": variant, "metric": metric, "value": correct / trials, "chance": chance,
-            "trials": trials, "correct": correct, "p_value": p_value,
-            "verdict": VERDICTS[control][0 if p_value < alpha else 1],
-            "leak": None if control is None else bool(p_value < alpha), "split_by": split_by, "run_dir": run_dir}
+            "trials": trials, "correct": correct, "p_value": p_value, "verdict": verdict, "leak": leak,
+            "train_accuracy": None if fit is None else fit["train_accuracy"], "probe": probe,
+            "split_by": split_by, "run_dir": run_dir}
 
 
 def value_row(protocol: str, variant: str, metric: str, value: float, chance: float, trials: int, *,

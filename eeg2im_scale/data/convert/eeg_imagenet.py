@@ -8,6 +8,7 @@ file holding ``splits``: six {train, val, test} lists of dataset indices.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -43,6 +44,13 @@ def _check_trial(path, i: int, entry, n_labels: int, n_images: int, channels: in
             raise ConvertError(path, f"{entry[field]!r} is not {bound}", where, field)
         values[field] = value
     return values["label"], values["image"], values["subject"], int(eeg.shape[1])
+
+
+def release_band(path: str | Path) -> list[float] | None:
+    """The band-pass the release applied, from its file name (``eeg_5_95_std.pth``: [5, 95]), or
+    None for the raw release: the drift control needs to know whether any power below 1 Hz is left."""
+    match = re.fullmatch(r"eeg_(\d+)_(\d+)_std\.pth", Path(path).name)
+    return [float(match[1]), float(match[2])] if match else None
 
 
 def _release_splits(path, split_index: int, n_trials: int) -> dict[int, str]:
@@ -111,6 +119,7 @@ def convert_eeg_imagenet(eeg: str | Path, splits: str | Path, images: str | Path
                "dropped": dropped, "trials_in_release": len(dataset),
                "written_without_release_split": sum(t.meta["release_split"] is None for t in trials),
                "has_means_stddevs": "means" in data and "stddevs" in data,
+               "bandpass_hz": release_band(eeg),
                "channel_names": "placeholders: the release publishes no channel names",
                "block": "subject * num_source_classes + source label: the protocol shows each class in one "
                         "contiguous block per subject; session is unknown (0)"},
