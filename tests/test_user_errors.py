@@ -5,7 +5,9 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from eeg2im_scale.config import ConfigError, load_config
 
@@ -50,3 +52,27 @@ def test_truncated_manifest_and_missing_shard_name_the_file_and_the_fix(random_c
     manifest.write_bytes(manifest.read_bytes()[:-100])
     line = one_error(["stream", f"data.root={root}", "data.synthesize=false"])
     assert f"{manifest}: not a readable Parquet file" in line and "--overwrite" in line and "magic" not in line
+
+
+def test_convert_nan_leaves_nothing_behind_and_says_nan_and_where(tmp_path):
+    rng = np.random.default_rng(0)
+    eeg = rng.standard_normal((8, 4, 32)).astype(np.float32)
+    eeg[5, 2, 7] = np.nan
+    np.save(tmp_path / "x.npy", eeg)
+    (tmp_path / "pics").mkdir()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "pics" / "a.png")
+    (tmp_path / "t.csv").write_text("image,label,subject\n" + "".join(f"a.png,{i % 2},{i // 4}\n" for i in range(8)))
+    out = tmp_path / "out"
+    line = one_error(["convert", "arrays", "--eeg", tmp_path / "x.npy", "--table", tmp_path / "t.csv", "--images",
+                      tmp_path / "pics", "--out", out, "--sfreq", "100", "--samples-per-shard", "3"])
+    assert "sample 5" in line and "1 NaN/Inf values, first at (channel, time) = (2, 7)" in line, line
+    assert "max |x|" not in line and not out.exists()
+
+
+def test_encode_eeg_tells_overflow_from_nan():
+    from eeg2im_scale.data.format import encode_eeg
+
+    big = np.zeros((3, 5), np.float32)
+    big[1, 4] = 1e6
+    with pytest.raises(ValueError, match=r"1 values beyond the float16 range .* first at \(channel, time\) = \(1, 4\)"):
+        encode_eeg(big)

@@ -115,8 +115,19 @@ def _row(sample: RawSample, shard: str, info: CorpusInfo, fractions, seed) -> di
 def write_shard(path: Path, shard_name: str, samples: Iterable[RawSample], info: CorpusInfo,
                 fractions, seed: int) -> tuple[list[dict], GroupSums]:
     """Write one shard atomically (``.tmp`` then rename); return its manifest rows and sums."""
-    rows, sums = [], GroupSums()
     tmp = path.with_suffix(".tar.tmp")
+    try:
+        rows, sums = _write_tar(tmp, shard_name, samples, info, fractions, seed)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return rows, sums
+
+
+def _write_tar(tmp: Path, shard_name: str, samples: Iterable[RawSample], info: CorpusInfo,
+               fractions, seed: int) -> tuple[list[dict], GroupSums]:
+    rows, sums = [], GroupSums()
     ext = "jpg" if info.image_format in ("jpg", "jpeg") else "png"
     # An integer mtime keeps tarfile from adding a PAX header per member (half the parsing on read)
     # and makes shards byte-reproducible.
@@ -136,9 +147,8 @@ def write_shard(path: Path, shard_name: str, samples: Iterable[RawSample], info:
             try:
                 record = encode_sample(sample.index, eeg16, image_bytes, ext, meta)
             except ValueError as exc:
-                raise ValueError(f"sample {sample.index} (image {row['image_id']}, subject {row['subject']}): {exc}; "
-                                 f"largest |value| before the float16 cast: "
-                                 f"{np.nanmax(np.abs(sample.eeg)):.3g}") from None
+                raise ValueError(f"sample {sample.index} (image {row['image_id']}, subject {row['subject']}): "
+                                 f"{exc}") from None
             sink.write(record)
             rows.append(row)
             sums.add(("image", row["split_image"]), eeg16)
@@ -146,7 +156,6 @@ def write_shard(path: Path, shard_name: str, samples: Iterable[RawSample], info:
             sums.add(("block", row["block"]), eeg16)
             if row["split_release"] is not None:
                 sums.add(("release", row["split_release"]), eeg16)
-    os.replace(tmp, path)
     return rows, sums
 
 
@@ -171,6 +180,7 @@ def write_corpus(out_dir: str | Path, info: CorpusInfo, sources: Iterable[ShardS
         raise FileExistsError(f"{manifest} already exists; choose another --out or pass --overwrite")
     if overwrite and (out / "shards").exists():
         shutil.rmtree(out / "shards")
+    created = not out.exists()
     (out / "shards").mkdir(parents=True, exist_ok=True)
     fractions = tuple(split_fractions)
 
@@ -184,6 +194,7 @@ def write_corpus(out_dir: str | Path, info: CorpusInfo, sources: Iterable[ShardS
     block_subject: dict = {}
     writer = None
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    failed = True
     try:
         results = pool.imap(_run_task, tasks()) if pool else map(_run_task, tasks())
         for rows, shard_sums in tqdm(results, total=num_shards, desc="writing shards", unit="shard",
@@ -194,12 +205,18 @@ def write_corpus(out_dir: str | Path, info: CorpusInfo, sources: Iterable[ShardS
             table = pa.Table.from_pylist(rows, schema=_schema(info))
             writer = writer or pq.ParquetWriter(partial_path, table.schema)
             writer.write_table(table)
+        failed = False
     finally:
         if pool:
             pool.close()
             pool.join()
         if writer:
             writer.close()
+        if failed:  # a bad sample found while writing: leave no partial corpus behind
+            partial_path.unlink(missing_ok=True)
+            shutil.rmtree(out / "shards", ignore_errors=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
     if writer is None:
         raise ValueError("no samples were written")
     _finish_manifest(out, partial_path, info, sums, block_subject, fractions, seed)
