@@ -4,8 +4,10 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -76,3 +78,113 @@ def test_encode_eeg_tells_overflow_from_nan():
     big[1, 4] = 1e6
     with pytest.raises(ValueError, match=r"1 values beyond the float16 range .* first at \(channel, time\) = \(1, 4\)"):
         encode_eeg(big)
+
+
+# --- a release and `eeg2im generate` ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """A real release assembled by export_release from freshly initialised stage weights (untrained:
+    these tests are about inputs and files, not image quality)."""
+    from safetensors.torch import save_file
+
+    from eeg2im_scale.config import load_config
+    from eeg2im_scale.data.corpus import write_synthetic
+    from eeg2im_scale.models.pipeline import export_release
+    from eeg2im_scale.models.teacher import Teacher
+    from eeg2im_scale.train.stages import Geometry, build_highlevel, build_lowlevel, build_unet, stage_weights
+
+    tmp = tmp_path_factory.mktemp("release")
+    cfg = load_config("tests/configs/tiny_train.yaml", [f"run_dir={tmp / 'run'}", f"data.root={tmp / 'corpus'}",
+                                                         "model.teacher.arch=resnet18", "synth.num_samples=48"])
+    write_synthetic(cfg.synth, cfg.data.root)
+    from eeg2im_scale.data.manifest import Manifest
+
+    geo = Geometry(cfg, Manifest.for_data(cfg.data).info)
+    modules = {"highlevel": ("encoder.", build_highlevel(cfg, geo)), "lowlevel": ("encoder.", build_lowlevel(cfg, geo)[1]),
+               "diffusion": ("ema.unet.", build_unet(cfg, geo)),
+               "teacher": ("teacher.", Teacher(cfg.model.teacher, geo.num_classes))}
+    for stage, (prefix, module) in modules.items():
+        stage_weights(cfg, stage).parent.mkdir(parents=True)
+        save_file({prefix + k: v.contiguous() for k, v in module.state_dict().items()}, str(stage_weights(cfg, stage)))
+    old = os.umask(0o022)
+    try:
+        model = export_release(cfg, tmp / "model")
+    finally:
+        os.umask(old)
+    return cfg, model
+
+
+def test_release_files_are_shareable_and_the_card_states_the_run(release):
+    cfg, model = release
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in model.iterdir()} == {
+        p.name: "0o644" for p in model.iterdir()} and oct(model.stat().st_mode & 0o777) == "0o755"
+    card = (model / "README.md").read_text()
+    assert "ResNet50" not in card and "`resnet18` teacher" in card and "`ShallowFBCSPNet`" in card
+    assert "[16, 128] (channels × time" in card and "eeg2im export-trial" in card
+
+
+def generate_args(model, eeg, out, *extra):
+    return ["generate", "--model", model, "--eeg", eeg, "--out", out, "--num-images", "1", "--steps", "1",
+            "--device", "cpu", *extra]
+
+
+def test_export_trial_then_generate_and_refuse_a_non_empty_out(release, tmp_path):
+    cfg, model = release
+    code, _ = eeg2im("export-trial", "--root", cfg.data.root, "--index", "7", "--out", tmp_path / "trial")
+    assert code == 0
+    trial = np.load(tmp_path / "trial" / "000000007.eeg.npy")
+    from eeg2im_scale.data.format import read_shard, load_npy
+
+    stored = next(r for s in sorted((Path(cfg.data.root) / "shards").glob("*.tar")) for r in read_shard(s)
+                  if r["__key__"] == "000000007")
+    assert trial.dtype == np.float32 and np.array_equal(trial, load_npy(stored["eeg.npy"]).astype(np.float32))
+    assert (tmp_path / "trial" / "000000007.png").read_bytes() == stored["png"]
+    out = tmp_path / "gen"
+    out.mkdir()
+    (out / "trial0003_image00.png").write_bytes(b"stale")
+    line = one_error(generate_args(model, tmp_path / "trial" / "000000007.eeg.npy", out))
+    assert f"{out} is not empty" in line and "--overwrite" in line
+    code, _ = eeg2im(*generate_args(model, tmp_path / "trial" / "000000007.eeg.npy", out, "--overwrite"))
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["trial0000_image00.png"]
+
+
+def _save(path, kind):
+    if kind == "nan":
+        eeg = np.zeros((16, 128), np.float32)
+        eeg[3, 9] = np.nan
+        np.save(path, eeg)
+    elif kind == "1d":
+        np.save(path, np.zeros(128, np.float32))
+    elif kind == "npz-key":
+        np.savez(path, data=np.zeros((16, 128), np.float32))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("1,2,3\n4,5,6\n")
+
+
+@pytest.mark.parametrize("kind, name, fragment", [
+    ("nan", "t.npy", "1 NaN/Inf values, first in trial 0 at (channel, time) = (3, 9)"),
+    ("1d", "t.npy", "shape (128,), this model expects [16, 128]"),
+    ("npz-key", "t.npz", "a .npz needs the key 'eeg'"),
+    ("empty", "t.npy", "not a NumPy .npy/.npz file (empty)"),
+    ("text", "t.npy", "not a NumPy .npy/.npz file (starts with b'1,2,3\\n'"),
+])
+def test_generate_checks_the_trial_before_loading_the_model(release, tmp_path, kind, name, fragment):
+    _, model = release
+    _save(tmp_path / name, kind)
+    line = one_error(generate_args(model, tmp_path / name, tmp_path / "gen"))
+    assert line.startswith(f"eeg2im generate: error: {tmp_path / name}: ") and fragment in line, line
+    assert "unsafely" not in line and not (tmp_path / "gen").exists()
+
+
+def test_generate_reads_npz_and_refuses_cuda_without_a_gpu(release, tmp_path):
+    from eeg2im_scale.models.pipeline import load_trials
+
+    np.savez(tmp_path / "t.npz", eeg=np.ones((2, 16, 128), np.float16))
+    assert load_trials(tmp_path / "t.npz", 16, 128).shape == (2, 16, 128)
+    if not torch.cuda.is_available():
+        _, model = release
+        line = one_error(generate_args(model, tmp_path / "t.npz", tmp_path / "gen")[:-2] + ["--device", "cuda"])
+        assert "no CUDA GPU is visible" in line and "--device cpu" in line
