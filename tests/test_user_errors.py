@@ -188,3 +188,21 @@ def test_generate_reads_npz_and_refuses_cuda_without_a_gpu(release, tmp_path):
         _, model = release
         line = one_error(generate_args(model, tmp_path / "t.npz", tmp_path / "gen")[:-2] + ["--device", "cuda"])
         assert "no CUDA GPU is visible" in line and "--device cpu" in line
+
+
+def test_stream_counts_the_samples_a_truncated_shard_loses(random_corpus, tmp_path):
+    import json
+
+    from eeg2im_scale.data.manifest import Manifest
+
+    root = tmp_path / "corpus"
+    shutil.copytree(random_corpus, root)
+    shard = Path(max(Manifest(root).shards("image", "test"), key=lambda e: e.in_split).path)
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 10])
+    result = subprocess.run([sys.executable, "-m", "eeg2im_scale.cli.main", "stream", "--split", "test",
+                             f"data.root={root}", "data.synthesize=false", "data.on_error=skip", "data.image_size=16"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = Manifest(root).count("image", "test") - report["samples"]
+    assert expected > 1 and report["dropped"] == expected

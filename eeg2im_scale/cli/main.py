@@ -145,7 +145,7 @@ def cmd_convert(args) -> int:
 def cmd_stream(args) -> int:
     """Stream one epoch of a split through the loader and print its throughput."""
     from ..data.corpus import ensure_corpus_on_rank
-    from ..data.loader import EEGImageLoader
+    from ..data.loader import EEGImageLoader, samples_lost
 
     cfg = args.cfg
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -161,7 +161,7 @@ def cmd_stream(args) -> int:
     report = {"rank": rank, "world_size": world, "split": args.split, "batches": batches, "samples": samples,
               "seconds": round(elapsed, 3), "samples_per_s": round(samples / elapsed, 1),
               "MB_per_s": round(nbytes / elapsed / 1e6, 1), "num_workers": cfg.data.num_workers,
-              "dropped": len(loader.dropped)}
+              "dropped": sum(map(samples_lost, loader.dropped))}
     print(json.dumps(report))
     return 0
 
