@@ -206,3 +206,22 @@ def test_stream_counts_the_samples_a_truncated_shard_loses(random_corpus, tmp_pa
     report = json.loads(result.stdout.strip().splitlines()[-1])
     expected = Manifest(root).count("image", "test") - report["samples"]
     assert expected > 1 and report["dropped"] == expected
+
+
+def test_convert_warns_when_a_split_is_empty(tmp_path, caplog):
+    from eeg2im_scale.data.writer import empty_splits
+
+    assert empty_splits({"split_image": ["train", "val", "test"], "split_subject": ["train", "train", "val"]}) == [
+        "split scheme 'subject' has no test samples"]
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((6, 4, 32)).astype(np.float32))
+    (tmp_path / "pics").mkdir()
+    for k in range(3):
+        Image.new("RGB", (8, 8), (80 * k, 10, 10)).save(tmp_path / "pics" / f"{k}.png")
+    (tmp_path / "t.csv").write_text("image,label,subject\n" + "".join(f"{i % 3}.png,{i % 3},{i // 3}\n" for i in range(6)))
+    from eeg2im_scale.cli.main import main
+
+    with caplog.at_level("WARNING"):
+        assert main(["convert", "arrays", "--eeg", str(tmp_path / "x.npy"), "--table", str(tmp_path / "t.csv"),
+                     "--images", str(tmp_path / "pics"), "--out", str(tmp_path / "out"), "--sfreq", "100"]) == 0
+    warned = [r.getMessage() for r in caplog.records if "has no" in r.getMessage()]
+    assert any("split scheme 'image' has no" in w and str(tmp_path / "out" / "manifest.parquet") in w for w in warned)

@@ -9,6 +9,7 @@ subject/block assignment is known, without a second pass over the EEG.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -24,6 +25,8 @@ from tqdm import tqdm
 
 from .format import encode_image, encode_sample, sample_key
 from .splits import SCHEMES, assign_blocks, assign_groups, split_of_image
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.parquet"
 META_KEY = b"eeg2im"
@@ -220,7 +223,18 @@ def write_corpus(out_dir: str | Path, info: CorpusInfo, sources: Iterable[ShardS
     if writer is None:
         raise ValueError("no samples were written")
     _finish_manifest(out, partial_path, info, sums, block_subject, fractions, seed)
+    columns = [f"split_{scheme}" for scheme in ("image", "subject", "block")]
+    for problem in empty_splits(pq.read_table(manifest, columns=columns).to_pydict()):
+        log.warning("%s: %s; a run with that data.split_by will refuse it (more samples, images or subjects, "
+                    "or other --split-fractions, fix it)", manifest, problem)
     return manifest
+
+
+def empty_splits(split_columns: dict[str, list]) -> list[str]:
+    """``split scheme 'X' has no Y samples`` for each empty split of the given ``split_<scheme>``
+    columns: a tiny corpus can leave a split empty, which only the first run would otherwise find."""
+    return [f"split scheme '{name.removeprefix('split_')}' has no {split} samples"
+            for name, values in split_columns.items() for split in ("train", "val", "test") if split not in values]
 
 
 def _schema(info: CorpusInfo) -> pa.Schema:
