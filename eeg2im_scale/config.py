@@ -254,6 +254,10 @@ class Config:
     def validate(self) -> Config:
         """Cross-field checks that the per-field types cannot express."""
         d, s = self.data, self.synth
+        if not d.root.strip():
+            raise ConfigError("data.root is empty: set it to a corpus directory (manifest.parquet + shards/); create one "
+                              "with `eeg2im synth --out DIR` or `eeg2im convert ... --out DIR`, or name a new directory "
+                              "and keep data.synthesize: true")
         positive = {
             "data.batch_size": d.batch_size, "data.image_size": d.image_size,
             "synth.num_samples": s.num_samples, "synth.num_classes": s.num_classes,
@@ -406,8 +410,22 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {_yaml_problem(exc)}") from None
     return values
+
+
+def _yaml_problem(exc: yaml.YAMLError, path: Path | None = None) -> str:
+    """PyYAML's error as one line, ``file:line:column: problem`` (its own text spans many lines and
+    names "<unicode string>")."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = " ".join(filter(None, [getattr(exc, "context", None), getattr(exc, "problem", None)])) or str(exc)
+    where = f"{path}:" if path is not None else ""
+    if mark is not None:
+        where += f"{mark.line + 1}:{mark.column + 1}:"
+    return f"{where} {problem}".strip()
 
 
 def config_from_dict(values: dict) -> Config:
@@ -431,7 +449,10 @@ def read_yaml_values(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"config file not found: {path}" + (f" (the base of {_seen[-1]})" if _seen else ""))
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: 'base' chain loops: {' -> '.join(str(p) for p in (*_seen, path.resolve()))}")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{_yaml_problem(exc, path)} (invalid YAML)") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = values.pop("base", None)

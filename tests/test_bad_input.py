@@ -122,6 +122,7 @@ def test_truncated_shard_is_skipped_and_the_run_completes(broken_copy):
     assert [d["field"] for d in loader.dropped] == ["tar"]
     lost = set(train_split_keys(broken_copy)) - set(keys)
     assert lost and all(k.startswith("0000000") and 40 <= int(k) < 60 for k in lost)
+    assert len(lost) > 1 and loader.state_dict()["dropped"] == len(lost)  # samples, not drop records
 
 
 def test_a_dropped_sample_leaves_no_trace_in_its_batch(broken_copy):

@@ -18,6 +18,7 @@ import typing
 from pathlib import Path
 
 import yaml
+from tqdm import tqdm
 
 from ..config import ConfigError, Sampler, SynthConfig, dump_config, load_config, to_dict
 from ..eval.report import add_arguments as report_args
@@ -144,7 +145,7 @@ def cmd_convert(args) -> int:
 def cmd_stream(args) -> int:
     """Stream one epoch of a split through the loader and print its throughput."""
     from ..data.corpus import ensure_corpus_on_rank
-    from ..data.loader import EEGImageLoader
+    from ..data.loader import EEGImageLoader, samples_lost
 
     cfg = args.cfg
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -160,7 +161,7 @@ def cmd_stream(args) -> int:
     report = {"rank": rank, "world_size": world, "split": args.split, "batches": batches, "samples": samples,
               "seconds": round(elapsed, 3), "samples_per_s": round(samples / elapsed, 1),
               "MB_per_s": round(nbytes / elapsed / 1e6, 1), "num_workers": cfg.data.num_workers,
-              "dropped": len(loader.dropped)}
+              "dropped": sum(map(samples_lost, loader.dropped))}
     print(json.dumps(report))
     return 0
 
@@ -175,21 +176,47 @@ def cmd_train(args) -> int:
 
 def cmd_generate(args) -> int:
     """EEG trial(s) → PNG images with a released model directory."""
-    import numpy as np
     from PIL import Image
 
-    from ..models.pipeline import EEG2IMPipeline
+    from ..models.pipeline import EEG2IMPipeline, load_trials, read_corpus_info
 
-    pipeline = EEG2IMPipeline(args.model, device=args.device)
-    trials = np.load(args.eeg, allow_pickle=False)
-    trials = trials[None] if trials.ndim == 2 else trials
+    corpus = read_corpus_info(args.model)
+    trials = load_trials(args.eeg, len(corpus["channel_names"]), int(corpus["time_points"]))
+    device = _device(args.device)
     out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()):
+        if not args.overwrite:
+            raise FileExistsError(f"{out} is not empty; choose another --out or pass --overwrite (which deletes its "
+                                  f"trial*_image*.png first, so no images of an earlier run remain)")
+        for stale in out.glob("trial*_image*.png"):
+            stale.unlink()
+    pipeline = EEG2IMPipeline(args.model, device=device)
     out.mkdir(parents=True, exist_ok=True)
-    for t, trial in enumerate(trials):
+    for t, trial in enumerate(tqdm(trials, desc="generating", unit="trial", disable=None)):
         images = pipeline.generate(trial, args.num_images, args.guidance, args.steps, args.sampler, args.seed + t)
         for i, image in enumerate(images):
             Image.fromarray(image).save(out / f"trial{t:04d}_image{i:02d}.png")
-    print(f"wrote {len(trials) * args.num_images} images to {out}")
+    print(f"wrote {len(trials) * args.num_images} images ({len(trials)} trials x {args.num_images}) to {out}")
+    return 0
+
+
+def _device(name: str):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible to this process; use --device cpu")
+    return device
+
+
+def cmd_export_trial(args) -> int:
+    from ..data.export import export_trial
+
+    paths = export_trial(args.root, args.out, key=args.key, index=args.index)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
 
@@ -264,16 +291,32 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", required=True, help="output PNG")
     preview.add_argument("--split", default="train", choices=["train", "val", "test"])
     preview.add_argument("--classes", type=int, default=6)
-    generate = sub.add_parser("generate", help="generate images from EEG trials with a released model")
+    generate = sub.add_parser(
+        "generate", help="generate images from EEG trials with a released model",
+        description="Generate images from raw EEG trials with a released model directory. The input is what the "
+                    "corpus stores: raw EEG in µV (not z-scored, not band-passed: the release applies its own "
+                    "window, band-pass and z-scoring), channels x time in the order and length of the release's "
+                    "corpus.json (channel_names, time_points). `eeg2im export-trial` writes such a trial from a "
+                    "corpus.")
     generate.add_argument("--model", required=True, help="release directory (RUN_DIR/model)")
-    generate.add_argument("--eeg", required=True, help=".npy trial [channels, time] or trials [N, channels, time]")
-    generate.add_argument("--out", required=True, help="output directory for PNGs")
+    generate.add_argument("--eeg", required=True, help=".npy trial [channels, time] or trials [N, channels, time], or "
+                                                       ".npz with key eeg; raw µV as stored in the corpus")
+    generate.add_argument("--out", required=True, help="output directory for PNGs (new or empty)")
+    generate.add_argument("--overwrite", action="store_true",
+                          help="write into a non-empty --out, deleting its trial*_image*.png first")
     generate.add_argument("--num-images", type=int, default=4)
     generate.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     generate.add_argument("--steps", type=int, default=None, help="sampler steps")
     generate.add_argument("--sampler", choices=typing.get_args(Sampler), default=None)
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    export = sub.add_parser("export-trial", help="write one trial's raw EEG (.npy) and stimulus from a corpus, "
+                                                 "the input `eeg2im generate` takes")
+    export.add_argument("--root", required=True, help="corpus directory (manifest.parquet + shards/)")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--key", help="sample key, e.g. 000000042 (the manifest's key column)")
+    which.add_argument("--index", type=int, help="sample index (the manifest's index column)")
+    export.add_argument("--out", required=True, help="output directory: KEY.eeg.npy, KEY.png|jpg, KEY.json")
     return parser
 
 
@@ -293,7 +336,7 @@ def _cuda() -> bool:
 
 COMMANDS = {"synth": cmd_synth, "stream": cmd_stream, "train": cmd_train, "generate": cmd_generate,
             "preview": cmd_preview, "evaluate": cmd_evaluate, "convert": cmd_convert, "report": cmd_report,
-            "protocol": cmd_protocol}
+            "protocol": cmd_protocol, "export-trial": cmd_export_trial}
 
 
 def main(argv: list[str] | None = None) -> int:

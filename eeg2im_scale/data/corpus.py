@@ -63,7 +63,9 @@ def ensure_corpus(cfg: Config) -> Path:
             _check_synth_settings(cfg, manifest)
         return manifest
     if not cfg.data.synthesize:
-        raise FileNotFoundError(f"no corpus at {cfg.data.root} ({manifest} missing) and data.synthesize is false")
+        raise FileNotFoundError(f"no corpus at {cfg.data.root} ({manifest} missing) and data.synthesize is false; "
+                                f"create one with `eeg2im synth --out {cfg.data.root}` or `eeg2im convert ... --out "
+                                f"{cfg.data.root}` (docs/converters.md), or set data.synthesize: true")
     log.info("synthesizing %d samples into %s", cfg.synth.num_samples, cfg.data.root)
     return write_synthetic(cfg.synth, cfg.data.root)
 

@@ -45,11 +45,26 @@ class SampleError(ValueError):
         return {"shard": self.shard, "key": self.key, "field": self.field, "problem": self.problem}
 
 
+def nonfinite_problem(eeg: np.ndarray) -> str:
+    """Why ``eeg`` [channels, time] cannot be stored as float16, and where: NaN/Inf in the source,
+    or finite values beyond float16's range (65504)."""
+    source_bad = ~np.isfinite(eeg)
+    with np.errstate(over="ignore"):
+        bad = source_bad if source_bad.any() else ~np.isfinite(eeg.astype(np.float16))
+    where = np.argwhere(bad)
+    first = ", ".join(str(int(i)) for i in where[0])
+    at = f"first at (channel, time) = ({first})" if eeg.ndim == 2 else f"first at index ({first})"
+    if source_bad.any():
+        return f"has {len(where)} NaN/Inf values, {at}"
+    return (f"has {len(where)} values beyond the float16 range (|x| > 65504; max |x| = {np.abs(eeg).max():.3g}), "
+            f"{at}: store µV, not V scaled up")
+
+
 def encode_eeg(eeg: np.ndarray) -> bytes:
     """float16 .npy bytes; refuses values that float16 cannot hold rather than storing inf."""
     half = np.asarray(eeg).astype(np.float16, copy=False)
     if not np.isfinite(half).all():
-        raise ValueError(f"EEG has NaN/Inf or exceeds the float16 range (max |x| = {np.nanmax(np.abs(eeg)):.3g})")
+        raise ValueError(f"EEG {nonfinite_problem(np.asarray(eeg))}")
     buf = io.BytesIO()
     np.save(buf, half, allow_pickle=False)
     return buf.getvalue()

@@ -336,12 +336,18 @@ class _WorkerDataset(IterableDataset):
         return self.plan.worker_stream(self.epoch, worker, num_workers, self.batches_done, self.cursors[worker], pool)
 
 
+def samples_lost(record: dict) -> int:
+    """Samples of the split a drop record stands for: one bad sample, or every sample of the split
+    that a broken shard did not deliver (its ``lost``)."""
+    return len(record["lost"]) if "lost" in record else 1
+
+
 @dataclass
 class LoaderState:
     epoch: int = 0
     batches_done: int = 0
     cursors: list[int] = field(default_factory=list)
-    dropped: int = 0
+    dropped: int = 0  # samples lost to data.on_error: skip (not drop records: a broken shard loses several)
 
 
 class EEGImageLoader:
@@ -437,10 +443,10 @@ class EEGImageLoader:
                     _release_slot(flags, worker, slot)
             self.state.cursors[worker] = batch.pop("_cursor")
             for record in batch.pop("_dropped"):
-                self.state.dropped += 1
+                self.state.dropped += samples_lost(record)
                 self.dropped.append(record)
-                log.warning("dropped sample: %s: sample %s: field %s: %s", record["shard"], record["key"],
-                            record["field"], record["problem"])
+                log.warning("dropped %d sample(s): %s: sample %s: field %s: %s", samples_lost(record),
+                            record["shard"], record["key"], record["field"], record["problem"])
             if not batch["key"]:
                 continue  # a worker's last flush carried only drop reports
             self.state.batches_done += 1

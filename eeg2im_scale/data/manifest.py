@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -20,6 +21,7 @@ from .writer import MANIFEST, META_KEY, GroupSums
 
 log = logging.getLogger(__name__)
 STATS_CACHE = "eeg_stats"  # <corpus>/eeg_stats/: statistics of protocol schemes, computed on first use
+REWRITE = "re-write the corpus (`eeg2im synth --out DIR --overwrite` or `eeg2im convert ... --overwrite`)"
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,11 @@ class ShardEntry:
 
 def read_info(path: Path) -> dict:
     """The corpus metadata stored in a manifest's Parquet schema (read without any column)."""
-    raw_meta = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    try:
+        raw_meta = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{path}: not a readable Parquet file, truncated or corrupt ({type(exc).__name__}); "
+                         f"{REWRITE}") from None
     if raw_meta is None:
         raise ValueError(f"{path}: not an eeg2im manifest (no '{META_KEY.decode()}' metadata)")
     return json.loads(raw_meta)
@@ -168,6 +174,10 @@ class Manifest:
         entries = self._shards_of(self.membership(scheme, split))
         if not entries:
             raise ValueError(f"{self.path}: split '{split}' of scheme '{scheme}' is empty")
+        missing = [e.path for e in entries if not os.path.isfile(e.path)]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: shard listed in {self.path} is missing"
+                                    f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; {REWRITE}")
         return entries
 
     def count(self, scheme: str, split: str) -> int:

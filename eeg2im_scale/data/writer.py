@@ -9,6 +9,7 @@ subject/block assignment is known, without a second pass over the EEG.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -24,6 +25,8 @@ from tqdm import tqdm
 
 from .format import encode_image, encode_sample, sample_key
 from .splits import SCHEMES, assign_blocks, assign_groups, split_of_image
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.parquet"
 META_KEY = b"eeg2im"
@@ -115,8 +118,19 @@ def _row(sample: RawSample, shard: str, info: CorpusInfo, fractions, seed) -> di
 def write_shard(path: Path, shard_name: str, samples: Iterable[RawSample], info: CorpusInfo,
                 fractions, seed: int) -> tuple[list[dict], GroupSums]:
     """Write one shard atomically (``.tmp`` then rename); return its manifest rows and sums."""
-    rows, sums = [], GroupSums()
     tmp = path.with_suffix(".tar.tmp")
+    try:
+        rows, sums = _write_tar(tmp, shard_name, samples, info, fractions, seed)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return rows, sums
+
+
+def _write_tar(tmp: Path, shard_name: str, samples: Iterable[RawSample], info: CorpusInfo,
+               fractions, seed: int) -> tuple[list[dict], GroupSums]:
+    rows, sums = [], GroupSums()
     ext = "jpg" if info.image_format in ("jpg", "jpeg") else "png"
     # An integer mtime keeps tarfile from adding a PAX header per member (half the parsing on read)
     # and makes shards byte-reproducible.
@@ -136,9 +150,8 @@ def write_shard(path: Path, shard_name: str, samples: Iterable[RawSample], info:
             try:
                 record = encode_sample(sample.index, eeg16, image_bytes, ext, meta)
             except ValueError as exc:
-                raise ValueError(f"sample {sample.index} (image {row['image_id']}, subject {row['subject']}): {exc}; "
-                                 f"largest |value| before the float16 cast: "
-                                 f"{np.nanmax(np.abs(sample.eeg)):.3g}") from None
+                raise ValueError(f"sample {sample.index} (image {row['image_id']}, subject {row['subject']}): "
+                                 f"{exc}") from None
             sink.write(record)
             rows.append(row)
             sums.add(("image", row["split_image"]), eeg16)
@@ -146,7 +159,6 @@ def write_shard(path: Path, shard_name: str, samples: Iterable[RawSample], info:
             sums.add(("block", row["block"]), eeg16)
             if row["split_release"] is not None:
                 sums.add(("release", row["split_release"]), eeg16)
-    os.replace(tmp, path)
     return rows, sums
 
 
@@ -171,6 +183,7 @@ def write_corpus(out_dir: str | Path, info: CorpusInfo, sources: Iterable[ShardS
         raise FileExistsError(f"{manifest} already exists; choose another --out or pass --overwrite")
     if overwrite and (out / "shards").exists():
         shutil.rmtree(out / "shards")
+    created = not out.exists()
     (out / "shards").mkdir(parents=True, exist_ok=True)
     fractions = tuple(split_fractions)
 
@@ -184,6 +197,7 @@ def write_corpus(out_dir: str | Path, info: CorpusInfo, sources: Iterable[ShardS
     block_subject: dict = {}
     writer = None
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    failed = True
     try:
         results = pool.imap(_run_task, tasks()) if pool else map(_run_task, tasks())
         for rows, shard_sums in tqdm(results, total=num_shards, desc="writing shards", unit="shard",
@@ -194,16 +208,33 @@ def write_corpus(out_dir: str | Path, info: CorpusInfo, sources: Iterable[ShardS
             table = pa.Table.from_pylist(rows, schema=_schema(info))
             writer = writer or pq.ParquetWriter(partial_path, table.schema)
             writer.write_table(table)
+        failed = False
     finally:
         if pool:
             pool.close()
             pool.join()
         if writer:
             writer.close()
+        if failed:  # a bad sample found while writing: leave no partial corpus behind
+            partial_path.unlink(missing_ok=True)
+            shutil.rmtree(out / "shards", ignore_errors=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
     if writer is None:
         raise ValueError("no samples were written")
     _finish_manifest(out, partial_path, info, sums, block_subject, fractions, seed)
+    columns = [f"split_{scheme}" for scheme in ("image", "subject", "block")]
+    for problem in empty_splits(pq.read_table(manifest, columns=columns).to_pydict()):
+        log.warning("%s: %s; a run with that data.split_by will refuse it (more samples, images or subjects, "
+                    "or other --split-fractions, fix it)", manifest, problem)
     return manifest
+
+
+def empty_splits(split_columns: dict[str, list]) -> list[str]:
+    """``split scheme 'X' has no Y samples`` for each empty split of the given ``split_<scheme>``
+    columns: a tiny corpus can leave a split empty, which only the first run would otherwise find."""
+    return [f"split scheme '{name.removeprefix('split_')}' has no {split} samples"
+            for name, values in split_columns.items() for split in ("train", "val", "test") if split not in values]
 
 
 def _schema(info: CorpusInfo) -> pa.Schema:

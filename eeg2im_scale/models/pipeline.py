@@ -9,6 +9,7 @@ and band-pass) and a model card. It loads on a machine that never saw the traini
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -61,32 +62,48 @@ def export_release(cfg: Config, out: Path) -> Path:
     (tmp / "corpus.json").write_text(json.dumps(corpus, indent=1))
     (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     (tmp / "README.md").write_text(model_card(cfg, corpus))
+    _shareable(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def _shareable(directory: Path) -> None:
+    """Give the release the modes any file written by this user gets (0644 and 0755 under the usual
+    umask 022): safetensors writes its files 0600, and a release is meant to be copied and shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
     """The release's README: data, splits, models, and the evaluation once there is one."""
     m = cfg.model
     counts = corpus["split_counts"]
+    teacher = f"{m.teacher.arch} ({'ImageNet-pretrained, ' if m.teacher.pretrained else ''}fine-tuned on the training images)"
+    encoders = {"multilevel": "the high-level and the low-level EEG encoder condition",
+                "highlevel": "the high-level EEG encoder alone conditions",
+                "lowlevel": "the low-level EEG encoder alone conditions"}[m.diffusion.condition_on]
+    scaling = "z-scored with training statistics" if corpus["normalize"] else "not z-scored"
     if metrics is not None:
         metrics = {"protocol": {k: v for k, v in metrics["protocol"].items() if k != "eval_config"},
                    "metrics": {k: v["value"] for k, v in metrics["metrics"].items()}}
     return "\n".join([
         "# EEG2IM model (eeg2im_scale)",
         "",
-        "EEG → image generation with multi-level EEG semantics: a high-level (semantic) EEG encoder distilled",
-        "from a ResNet50 teacher and a low-level EEG encoder aligned with an image autoencoder condition a",
-        "diffusion UNet through FiLM.",
+        f"EEG → image generation: a high-level (semantic) EEG encoder distilled from a `{m.teacher.arch}` teacher",
+        f"and a low-level EEG encoder aligned with an image autoencoder; {encoders} a diffusion UNet through FiLM.",
         "",
         "## Data",
         f"- corpus: `{cfg.data.root}` (source: {corpus['source']}), {len(corpus['channel_names'])} channels × "
         f"{corpus['time_points']} samples at {corpus['sfreq']} Hz, {len(corpus['class_names'])} classes",
         f"- split scheme: `{corpus['split_by']}`; train/val/test trials: {counts['train']}/{counts['val']}/{counts['test']}",
-        f"- EEG window: {corpus['eeg_window']}, band-pass: {corpus['bandpass']}, z-scored with training statistics",
+        f"- EEG window: {corpus['eeg_window']}, band-pass: {corpus['bandpass']}, {scaling}",
         "",
         "## Models",
+        f"- teacher: torchvision `{teacher}`, input {m.teacher.input_size} px",
         f"- high-level encoder: braindecode `{m.highlevel.backbone}`, embedding {m.highlevel.embed_dim}",
         f"- low-level encoder: braindecode `{m.lowlevel.backbone}`, latent {m.lowlevel.latent_dim}",
         f"- FiLM UNet: channels {list(m.diffusion.block_channels)}, {m.diffusion.prediction_type} prediction, "
@@ -100,8 +117,68 @@ def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
         "```",
         "eeg2im generate --model <this directory> --eeg TRIAL.npy --out OUT --num-images 4 --guidance 3",
         "```",
+        f"TRIAL.npy holds one raw trial [{len(corpus['channel_names'])}, {corpus['time_points']}] (channels × time, "
+        "as stored in the corpus, not z-scored) or several [N, channels, time]; `eeg2im export-trial` writes one "
+        "from a corpus.",
         "",
     ])
+
+
+EXPORT_HINT = "`eeg2im export-trial --root CORPUS --key KEY --out DIR` writes one from a corpus"
+
+
+def read_corpus_info(model_dir: str | Path) -> dict:
+    """A release's ``corpus.json`` (what its input must look like), without loading any model."""
+    path = Path(model_dir) / "corpus.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} is not an eeg2im model directory: missing corpus.json")
+    return json.loads(path.read_text())
+
+
+def load_trials(path: str | Path, channels: int, time_points: int) -> np.ndarray:
+    """Trials [N, channels, time] float32 from a .npy ([channels, time] or [N, channels, time]) or a
+    .npz with key ``eeg``, checked (file type, shape, dtype, finiteness) before any model is loaded;
+    a problem is one ``ValueError`` line naming the file and the fix."""
+    path = Path(path)
+    expected = f"[{channels}, {time_points}] (channels x time) or [N, {channels}, {time_points}]"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; {EXPORT_HINT}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] == b"PK":
+        with np.load(path, allow_pickle=False) as npz:
+            if "eeg" not in npz.files:
+                raise ValueError(f"{path}: a .npz needs the key 'eeg' holding {expected}; it holds {npz.files}")
+            trials = _numeric(path, lambda: npz["eeg"])
+    elif magic == b"\x93NUMPY":
+        trials = _numeric(path, lambda: np.load(path, allow_pickle=False))
+    else:
+        raise ValueError(f"{path}: not a NumPy .npy/.npz file ({'empty' if not magic else f'starts with {magic!r}'});"
+                         f" save the trial with numpy.save, or {EXPORT_HINT}")
+    if trials.ndim == 2:
+        trials = trials[None]
+    if trials.ndim != 3 or trials.shape[1:] != (channels, time_points) or not len(trials):
+        raise ValueError(f"{path}: shape {trials.shape}, this model expects {expected}; {EXPORT_HINT}")
+    if trials.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: dtype {trials.dtype}, expected real numbers (raw µV as stored in the corpus)")
+    bad = np.argwhere(~np.isfinite(trials))
+    if len(bad):
+        t, c, x = (int(i) for i in bad[0])
+        raise ValueError(f"{path}: {len(bad)} NaN/Inf values, first in trial {t} at (channel, time) = ({c}, {x}); "
+                         f"replace or drop those samples (e.g. interpolate the channel) before generating")
+    return trials.astype(np.float32, copy=False)
+
+
+def _numeric(path: Path, read) -> np.ndarray:
+    try:
+        return read()
+    except ValueError as exc:  # numpy refuses pickled object arrays; say so without suggesting to unpickle
+        if "pickle" in str(exc):
+            raise ValueError(f"{path}: holds pickled Python objects, not a numeric array; save a float array "
+                             f"[channels, time] with numpy.save") from None
+        raise ValueError(f"{path}: not a readable array ({exc})") from None
+    except EOFError:
+        raise ValueError(f"{path}: truncated .npy/.npz file") from None
 
 
 class EEG2IMPipeline:
