@@ -169,7 +169,9 @@ def test_tune_selects_on_val_and_evaluate_uses_the_selection(release, tmp_path):
     from eeg2im_scale.eval.evaluator import evaluate
 
     model = _copy_release(release, tmp_path)
-    base = ["--config", CONFIG, f"data.root={release / 'corpus'}", *TUNE]
+    config = tmp_path / "with_test.yaml"  # as configs/synthetic_tiny.yaml: the file's eval.split is evaluate's
+    config.write_text(f"base: {Path(CONFIG).resolve()}\neval: {{split: test}}\n")
+    base = ["--config", str(config), f"data.root={release / 'corpus'}", *TUNE]
     assert cli_main(["tune", "--checkpoint", str(model), *base]) == 0
     selection = json.loads((model / "selection.json").read_text())
     assert selection["split"] == "val" and selection["criterion"] == "hist_intersection"

@@ -208,10 +208,10 @@ def cmd_tune(args) -> int:
     """Sweep sampler settings on val; the choice goes into the release for ``eeg2im evaluate``."""
     from ..eval.selection import tune
 
-    given = given_keys(args.config, args.overrides)
-    cfg = args.cfg if "eval.split" in given else dataclasses.replace(
+    # a config file's eval.split is evaluate's (test); tune runs on val and refuses only an override of it
+    cfg = args.cfg if "eval.split" in given_keys(None, args.overrides) else dataclasses.replace(
         args.cfg, eval=dataclasses.replace(args.cfg.eval, split="val"))
-    selection = tune(cfg, args.checkpoint or Path(cfg.run_dir) / "model", given)
+    selection = tune(cfg, args.checkpoint or Path(cfg.run_dir) / "model", given_keys(args.config, args.overrides))
     print(json.dumps({"selected": selection["selected"], selection["criterion"]: selection["score"],
                       "better": selection["better"], "split": selection["split"], "trials": selection["trials"]}))
     return 0

@@ -117,8 +117,8 @@ def tune(cfg: Config, model_dir: str | Path, given: set[str] | None = None) -> d
         raise ConfigError(f"eeg2im tune selects on the validation split only; eval.split={cfg.eval.split} is "
                           "refused (test is reported once, by eeg2im evaluate)")
     t, metric = cfg.tune, cfg.tune.metric
-    rows = []
-    for i, settings in enumerate(candidates(t)):
+    grid, rows = candidates(t), []
+    for i, settings in enumerate(grid):
         run = replace(cfg, eval=replace(cfg.eval, max_trials=t.max_trials, **settings))
         metrics = evaluate(run, model_dir, given=given, write=False)
         values = {name: entry["value"] for name, entry in metrics["metrics"].items()}
@@ -127,11 +127,11 @@ def tune(cfg: Config, model_dir: str | Path, given: set[str] | None = None) -> d
                               f"(computed: {', '.join(values)})")
         score = values[metric]["mean"] if isinstance(values[metric], dict) else values[metric]
         rows.append({**settings, "score": score, "metrics": values})
-        trials = metrics["protocol"]["trials"]
-        log.info("tune %d/%d %s: %s = %.4f", i + 1, len(candidates(t)), settings, metric, score)
+        log.info("tune %d/%d %s: %s = %.4f", i + 1, len(grid), settings, metric, score)
     chosen = rows[best([r["score"] for r in rows], BETTER[metric])]
+    protocol = metrics["protocol"]  # the same split, scheme and trials for every candidate
     selection = {
-        "split": "val", "split_by": metrics["protocol"]["split_by"], "trials": trials,
+        "split": "val", "split_by": protocol["split_by"], "trials": protocol["trials"],
         "images_per_trial": cfg.eval.images_per_trial, "seed": cfg.eval.seed,
         "criterion": metric, "better": BETTER[metric],
         "selected": {k: chosen[k] for k in ("sampler", "sample_steps", "guidance_scale")}, "score": chosen["score"],
