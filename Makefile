@@ -25,6 +25,8 @@ quickstart: install
 	$(BIN)/eeg2im stream --config $(QS_CONFIG)
 	$(BIN)/deepspeed --num_gpus $(NPROC) launchers/train.py --config $(QS_CONFIG)
 	$(BIN)/accelerate launch $(ACCEL_DEVICE) --num_processes $(NPROC) --num_machines 1 --mixed_precision no \
+	    --dynamo_backend no launchers/tune.py --config $(QS_CONFIG)
+	$(BIN)/accelerate launch $(ACCEL_DEVICE) --num_processes $(NPROC) --num_machines 1 --mixed_precision no \
 	    --dynamo_backend no launchers/evaluate.py --config $(QS_CONFIG)
 	$(BIN)/eeg2im report --config $(QS_CONFIG)
 

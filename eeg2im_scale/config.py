@@ -222,6 +222,20 @@ class EvalConfig:
 
 
 @dataclass
+class TuneConfig:
+    """``eeg2im tune``: sampler settings swept on the val split; the best by ``metric`` goes into the release."""
+
+    samplers: list[Literal["ddim", "dpm"]] = field(default_factory=lambda: ["ddim", "dpm"])
+    sample_steps: list[int] = field(default_factory=lambda: [25, 50])
+    guidance_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 5.0])
+    # the criterion (eval/selection.py BETTER says which way is better); fid/kid/inception_score need
+    # eval.inception_metrics, hue_error/brightness_error a corpus with recorded attributes
+    metric: Literal["generated_n_way_top_k", "hist_intersection", "ssim", "pixel_correlation", "hue_emd",
+                    "hue_error", "brightness_error", "fid", "kid", "inception_score"] = "generated_n_way_top_k"
+    max_trials: int = 0  # val trials per candidate; 0 = every val trial
+
+
+@dataclass
 class ProtocolConfig:
     """``eeg2im protocol``: evaluation protocols that rule out leakage (docs/protocols.md)."""
 
@@ -249,6 +263,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
     def validate(self) -> Config:
@@ -309,6 +324,14 @@ class Config:
                               f"{m.x0_dynamic_ratio}, {m.x0_dynamic_max}")
         if not 0 <= m.cond_dropout < 1:
             raise ConfigError(f"model.diffusion.cond_dropout must be in [0, 1), got {m.cond_dropout}")
+        tn = self.tune
+        if not (tn.samplers and tn.sample_steps and tn.guidance_scales):
+            raise ConfigError("tune.samplers, tune.sample_steps and tune.guidance_scales must each list at least one value")
+        if min(tn.sample_steps) < 1 or min(tn.guidance_scales) < 0 or tn.max_trials < 0:
+            raise ConfigError(f"tune.sample_steps must be >= 1, tune.guidance_scales >= 0 and tune.max_trials >= 0, "
+                              f"got {tn.sample_steps}, {tn.guidance_scales}, {tn.max_trials}")
+        if tn.metric in ("fid", "kid", "inception_score") and not self.eval.inception_metrics:
+            raise ConfigError(f"tune.metric={tn.metric} needs eval.inception_metrics=true")
         p = self.protocol
         if not 0 < p.alpha < 1 or not 0 < p.heldout_fraction < 1 or not p.lowpass_hz > 0:
             raise ConfigError(f"protocol.alpha and protocol.heldout_fraction must be in (0, 1) and protocol.lowpass_hz "
@@ -461,6 +484,19 @@ def read_yaml_values(path: str | Path, _seen: tuple = ()) -> dict:
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'base' must be a path to another config, got {base!r}")
     return merge_dicts(read_yaml_values(path.parent / base, (*_seen, path.resolve())), values)
+
+
+def given_keys(path: str | Path | None = None, overrides: list[str] | None = None) -> set[str]:
+    """The dotted keys (``data.split_by``) that a config file (with its ``base:`` chain) or an
+    override sets: what a user asked for, as opposed to dataclass defaults."""
+    def walk(node: dict, prefix: str):
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            yield dotted
+            if isinstance(value, dict):
+                yield from walk(value, dotted + ".")
+    values = read_yaml_values(path) if path is not None else {}
+    return set(walk(apply_overrides(values, list(overrides or [])), ""))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -122,3 +122,116 @@ def test_evaluated_trials_follow_any_split_scheme_and_class_subset(random_corpus
     assert selected == {r["key"] for r in rows if r["subject"] == 2} and len(grid) == 4 and grid <= selected
     loader = EEGImageLoader(data_cfg(random_corpus, split_by="loso:2", classes=["b"]), "test", train=False)
     assert _selected_keys(loader, 0, 4)[0] == {r["key"] for r in rows if r["subject"] == 2 and r["label"] == 1}
+
+
+def _copy_release(release, tmp_path, **corpus_changes) -> Path:
+    """A copy of the fixture's release (so a test may change it) with ``corpus.json`` entries replaced."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(release / "run" / "model", model)
+    corpus = json.loads((model / "corpus.json").read_text())
+    corpus.update(corpus_changes)
+    (model / "corpus.json").write_text(json.dumps(corpus))
+    return model
+
+
+def test_release_data_takes_the_release_values_and_refuses_given_contradictions():
+    from eeg2im_scale.config import ConfigError, DataConfig
+    from eeg2im_scale.eval.selection import release_data
+
+    corpus = {"split_by": "block", "class_subset": {"class_names": ["b", "a"], "source_labels": [1, 0]},
+              "eeg_window": [2, 30], "bandpass": None, "normalize": True}
+    data = release_data(DataConfig(), corpus, "RUN/model/corpus.json", given={"data.root", "data.batch_size"})
+    assert (data.split_by, data.classes, data.eeg_window, data.bandpass) == ("block", ["b", "a"], (2, 30), None)
+    assert release_data(DataConfig(split_by="block", classes=["b", "a"], eeg_window=(2, 30)), corpus, "x") == data
+    with pytest.raises(ConfigError, match=r"data.split_by=image contradicts the release \(block, from RUN/model/"
+                                          r"corpus.json\): drop the setting or pass data.split_by=block"):
+        release_data(DataConfig(), corpus, "RUN/model/corpus.json", given={"data.split_by"})
+    with pytest.raises(ConfigError, match=r"data.classes=null contradicts"):  # a Config built in code: all count
+        release_data(DataConfig(split_by="block"), corpus, "x")
+
+
+def test_evaluation_uses_the_release_split_scheme_and_statistics(release, tmp_path, capsys):
+    """A release trained under another scheme is evaluated on that scheme's test trials (the config
+    does not name one); a config that names another is refused; z-scoring uses the release's statistics."""
+    from eeg2im_scale.data.manifest import Manifest
+
+    base = ["--config", CONFIG, *overrides(release), "eval.inception_metrics=false", "eval.random_inception=false"]
+    model = _copy_release(release, tmp_path, split_by="block")
+    assert cli_main(["evaluate", "--checkpoint", str(model), "--out", str(tmp_path / "block"), *base]) == 0
+    protocol = json.loads((tmp_path / "block" / "metrics.json").read_text())["protocol"]
+    block_test = Manifest(release / "corpus").count("block", "test")
+    assert protocol["split_by"] == "block" and protocol["trials"] == block_test != 20
+    assert cli_main(["evaluate", "--checkpoint", str(model), "--out", str(tmp_path / "x"), *base,
+                     "data.split_by=image"]) == 2
+    assert "data.split_by=image contradicts the release (block" in capsys.readouterr().err
+
+    limited = [*base, "eval.max_trials=8"]
+    assert cli_main(["evaluate", "--checkpoint", str(release / "run" / "model"), "--out", str(tmp_path / "own"),
+                     *limited]) == 0
+    corpus = json.loads((release / "run" / "model" / "corpus.json").read_text())
+    shifted = _copy_release(release, tmp_path / "shifted", eeg_mean=[m + 3.0 for m in corpus["eeg_mean"]])
+    assert cli_main(["evaluate", "--checkpoint", str(shifted), "--out", str(tmp_path / "shifted_eval"),
+                     *limited]) == 0
+    own, moved = ({k: v["value"] for k, v in json.loads((tmp_path / d / "metrics.json").read_text())["metrics"].items()}
+                  for d in ("own", "shifted_eval"))
+    assert own != moved  # generation is seeded per trial: only the EEG's z-scoring differs
+
+
+TUNE = ["tune.samplers=[ddim]", "tune.sample_steps=[1,2]", "tune.guidance_scales=[0.0,3.0]",
+        "tune.metric=hist_intersection", "tune.max_trials=8", "eval.inception_metrics=false",
+        "eval.random_inception=false", "eval.batch_size=8"]
+
+
+def test_tune_selects_on_val_and_evaluate_uses_the_selection(release, tmp_path):
+    from eeg2im_scale.eval.evaluator import evaluate
+
+    model = _copy_release(release, tmp_path)
+    config = tmp_path / "with_test.yaml"  # as configs/synthetic_tiny.yaml: the file's eval.split is evaluate's
+    config.write_text(f"base: {Path(CONFIG).resolve()}\neval: {{split: test}}\n")
+    base = ["--config", str(config), f"data.root={release / 'corpus'}", *TUNE]
+    assert cli_main(["tune", "--checkpoint", str(model), *base]) == 0
+    selection = json.loads((model / "selection.json").read_text())
+    assert selection["split"] == "val" and selection["criterion"] == "hist_intersection"
+    assert selection["better"] == "higher" and selection["trials"] == 8 and selection["date"]
+    rows = selection["candidates"]
+    assert [(r["sample_steps"], r["guidance_scale"]) for r in rows] == [(1, 0.0), (1, 3.0), (2, 0.0), (2, 3.0)]
+    scores = [r["score"] for r in rows]
+    assert len(set(scores)) > 1 and selection["score"] == max(scores)
+    assert selection["selected"] == {k: rows[scores.index(max(scores))][k]
+                                     for k in ("sampler", "sample_steps", "guidance_scale")}
+    # a candidate's score is the evaluator's figure on val for those settings
+    cfg = load_config(CONFIG, [f"data.root={release / 'corpus'}", *TUNE, "eval.split=val", "eval.max_trials=8",
+                               "eval.sampler=ddim", "eval.sample_steps=2", "eval.guidance_scale=3.0"])
+    check = evaluate(cfg, model, write=False)
+    assert check["metrics"]["hist_intersection"]["value"] == pytest.approx(rows[3]["score"], rel=1e-9)
+    assert check["protocol"]["model_selection"]["overridden_by"] == ["eval.sampler", "eval.sample_steps",
+                                                                      "eval.guidance_scale"]
+
+    assert cli_main(["evaluate", "--checkpoint", str(model), "--out", str(tmp_path / "test"), *base]) == 0
+    protocol = json.loads((tmp_path / "test" / "metrics.json").read_text())["protocol"]
+    assert protocol["split"] == "test" and protocol["trials"] == 20
+    assert {k: protocol[k] for k in ("sampler", "sample_steps", "guidance_scale")} == selection["selected"]
+    chosen = protocol["model_selection"]
+    assert (chosen["split"], chosen["criterion"], chosen["selected"], chosen["overridden_by"]) == (
+        "val", "hist_intersection", selection["selected"], [])
+    other = 0.0 if selection["selected"]["guidance_scale"] == 3.0 else 3.0
+    assert cli_main(["evaluate", "--checkpoint", str(model), "--out", str(tmp_path / "override"), *base,
+                     "eval.max_trials=4", f"eval.guidance_scale={other}"]) == 0
+    protocol = json.loads((tmp_path / "override" / "metrics.json").read_text())["protocol"]
+    assert protocol["guidance_scale"] == other and protocol["model_selection"]["overridden_by"] == ["eval.guidance_scale"]
+    assert protocol["sample_steps"] == selection["selected"]["sample_steps"]
+
+
+def test_tune_on_test_is_refused_and_no_selection_is_recorded_as_none(release, tmp_path, capsys):
+    model = _copy_release(release, tmp_path)
+    assert cli_main(["tune", "--checkpoint", str(model), "--config", CONFIG, f"data.root={release / 'corpus'}",
+                     *TUNE, "eval.split=test"]) == 2
+    assert "validation split only; eval.split=test is refused" in capsys.readouterr().err
+    assert not (model / "selection.json").exists()
+    assert cli_main(["evaluate", "--checkpoint", str(model), "--out", str(tmp_path / "eval"), "--config", CONFIG,
+                     f"data.root={release / 'corpus'}", *TUNE, "eval.max_trials=4"]) == 0
+    protocol = json.loads((tmp_path / "eval" / "metrics.json").read_text())["protocol"]
+    assert protocol["model_selection"] == "none: model defaults (no eeg2im tune run)"
+    assert protocol["sample_steps"] == 4  # tiny_train.yaml's model.diffusion.sample_steps

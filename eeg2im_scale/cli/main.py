@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from ..config import ConfigError, Sampler, SynthConfig, dump_config, load_config, to_dict
+from ..config import ConfigError, Sampler, SynthConfig, dump_config, given_keys, load_config, to_dict
 from ..eval.report import add_arguments as report_args
 from ..eval.report import cmd_report
 from ..protocols import PROTOCOLS
@@ -225,8 +225,22 @@ def cmd_evaluate(args) -> int:
 
     cfg = args.cfg
     run_dir = Path(cfg.run_dir)
-    metrics = evaluate(cfg, args.checkpoint or run_dir / "model", args.out or run_dir / "eval")
+    metrics = evaluate(cfg, args.checkpoint or run_dir / "model", args.out or run_dir / "eval",
+                       given=given_keys(args.config, args.overrides))
     print(json.dumps({k: v["value"] for k, v in metrics["metrics"].items()}))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    """Sweep sampler settings on val; the choice goes into the release for ``eeg2im evaluate``."""
+    from ..eval.selection import tune
+
+    # a config file's eval.split is evaluate's (test); tune runs on val and refuses only an override of it
+    cfg = args.cfg if "eval.split" in given_keys(None, args.overrides) else dataclasses.replace(
+        args.cfg, eval=dataclasses.replace(args.cfg.eval, split="val"))
+    selection = tune(cfg, args.checkpoint or Path(cfg.run_dir) / "model", given_keys(args.config, args.overrides))
+    print(json.dumps({"selected": selection["selected"], selection["criterion"]: selection["score"],
+                      "better": selection["better"], "split": selection["split"], "trials": selection["trials"]}))
     return 0
 
 
@@ -274,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default=None, help="release directory (default: RUN_DIR/model of the config)")
     evaluate.add_argument("--out", default=None, help="where metrics.json, per_subject.csv and grid.png go "
                                                       "(default: RUN_DIR/eval)")
+    tune = sub.add_parser("tune", help="select sampler, steps and guidance on the val split (tune: section); the "
+                                       "choice goes into the release for evaluate (several processes: accelerate "
+                                       "launch launchers/tune.py)")
+    _add_config_args(tune)
+    tune.add_argument("--checkpoint", default=None, help="release directory (default: RUN_DIR/model of the config)")
     protocol = sub.add_parser("protocol", help="evaluation protocols that rule out leakage: by-image, leave-one-"
                                                "subject-out, held-out classes, controls (docs/protocols.md)")
     names = protocol.add_subparsers(dest="protocol", required=True)
@@ -335,8 +354,8 @@ def _cuda() -> bool:
 
 
 COMMANDS = {"synth": cmd_synth, "stream": cmd_stream, "train": cmd_train, "generate": cmd_generate,
-            "preview": cmd_preview, "evaluate": cmd_evaluate, "convert": cmd_convert, "report": cmd_report,
-            "protocol": cmd_protocol, "export-trial": cmd_export_trial}
+            "preview": cmd_preview, "evaluate": cmd_evaluate, "tune": cmd_tune, "convert": cmd_convert,
+            "report": cmd_report, "protocol": cmd_protocol, "export-trial": cmd_export_trial}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -358,7 +358,7 @@ class EEGImageLoader:
     keeping any of them, even ``label``, keeps all of the batch's memory. Clone what you keep."""
 
     def __init__(self, cfg: DataConfig, split: str = "train", *, train: bool | None = None,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, preprocess: EEGPreprocess | None = None):
         self.cfg, self.split = cfg, split
         self.train = (split == "train") if train is None else train
         self.manifest = Manifest.for_data(cfg)
@@ -368,14 +368,16 @@ class EEGImageLoader:
         channels, time_points = self.manifest.eeg_shape
         if cfg.eeg_window is not None and cfg.eeg_window[1] > time_points:
             raise ValueError(f"data.eeg_window {list(cfg.eeg_window)} exceeds the {time_points} time points of {cfg.root}")
-        mean, std = self.manifest.eeg_stats(cfg.split_by) if cfg.normalize else (None, None)
-        sos = bandpass_sos(*cfg.bandpass, float(self.manifest.info["sfreq"])) if cfg.bandpass else None
+        if preprocess is None:  # given: a release's own (its training statistics), for evaluating it
+            mean, std = self.manifest.eeg_stats(cfg.split_by) if cfg.normalize else (None, None)
+            sos = bandpass_sos(*cfg.bandpass, float(self.manifest.info["sfreq"])) if cfg.bandpass else None
+            preprocess = EEGPreprocess(tuple(cfg.eeg_window) if cfg.eeg_window else None, mean, std, sos)
         self.plan = StreamPlan(
             root=str(cfg.root), shards=shards,
             member=self.manifest.membership(cfg.split_by, split),
             label_map=self.manifest.label_map,
             eeg_shape=(channels, time_points),
-            preprocess=EEGPreprocess(tuple(cfg.eeg_window) if cfg.eeg_window else None, mean, std, sos),
+            preprocess=preprocess,
             image_size=cfg.image_size, attribute_names=self.manifest.attribute_names,
             batch_size=cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
             train=self.train, on_error=cfg.on_error, rank=rank, world_size=world_size,

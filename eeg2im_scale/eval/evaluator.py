@@ -33,6 +33,7 @@ from ..models.sampling import sample
 from . import fidelity
 from .gen_metrics import FeatureStats, fid_from_stats, inception_score, kid
 from .inception import extract, load_fid_inception, random_fid_inception
+from .selection import check_corpus, read_selection, release_data, sampler_settings
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +81,25 @@ def _generators(keys: list[str], per_trial: int, seed: int, device: torch.device
             for key in keys for j in range(per_trial)]
 
 
-def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = None) -> dict:
+def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = None, *,
+             given: set[str] | None = None, write: bool = True) -> dict:
     """Evaluate ``model_dir`` on ``cfg.eval.split``; the main process writes metrics.json,
-    per_subject.csv and grid.png into ``out_dir`` (default: ``eval/`` in the model's run directory) and every
-    process returns the metrics."""
+    per_subject.csv and grid.png into ``out_dir`` (default: ``eval/`` in the model's run directory) unless
+    ``write`` is false (``eeg2im tune``), and every process returns the metrics. The data's split scheme,
+    classes and EEG preprocessing are the release's; ``given`` (the dotted keys the user set, None: all)
+    decides which differing config values are errors (selection.release_data)."""
     state = PartialState()
     device = state.device
     pipeline = EEG2IMPipeline(model_dir, device=device)
     inception = _inception(cfg, device)
     e, d = cfg.eval, pipeline.cfg.model.diffusion
-    sampler, steps = e.sampler or d.sampler, e.sample_steps or d.sample_steps
-    guidance = d.guidance_scale if e.guidance_scale is None else e.guidance_scale
-    data_cfg = replace(cfg.data, batch_size=e.batch_size, image_size=pipeline.corpus["image_size"])
-    loader = EEGImageLoader(data_cfg, e.split, train=False, rank=state.process_index, world_size=state.num_processes)
+    sampler, steps, guidance, selection = sampler_settings(e, d, read_selection(model_dir))
+    data_cfg = replace(release_data(cfg.data, pipeline.corpus, pipeline.dir / "corpus.json", given),
+                       batch_size=e.batch_size, image_size=pipeline.corpus["image_size"])
+    cfg = replace(cfg, data=data_cfg)
+    loader = EEGImageLoader(data_cfg, e.split, train=False, rank=state.process_index, world_size=state.num_processes,
+                            preprocess=pipeline.preprocess)  # the release's window, band-pass and z-score statistics
+    check_corpus(loader.manifest, pipeline.corpus, pipeline.dir / "corpus.json")
     selected, grid_keys = _selected_keys(loader, e.max_trials, e.grid_trials)
     records, grid = [], {}
     with torch.no_grad():
@@ -110,7 +117,8 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
             reference = _class_reference(inception, data_cfg, classes, state)
     grid_items = gather_object(list(grid.items()))
     metrics = _summarise(cfg, pipeline, records, reference, sampler, steps, guidance)
-    if state.is_main_process:
+    metrics["protocol"]["model_selection"] = selection
+    if write and state.is_main_process:
         out = Path(out_dir) if out_dir else Path(model_dir).parent / "eval"
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -261,7 +269,7 @@ def _summarise(cfg, pipeline, records, reference, sampler, steps, guidance) -> d
             "guidance_scale": guidance, "inception": _inception_protocol(e),
             "image_preprocessing": IMAGE_PREPROCESSING,
             "inception_input": "uint8 → 299×299 TF-compatible bilinear",
-            "n_way": n_way, "top_k": e.top_k, "model_selection": "on the validation split only; test is reported once",
+            "n_way": n_way, "top_k": e.top_k,
             "eval_config": asdict(e),
         },
     }
