@@ -27,7 +27,7 @@ quickstart: install
 	$(BIN)/accelerate launch $(ACCEL_DEVICE) --num_processes $(NPROC) --num_machines 1 --mixed_precision no \
 	    --dynamo_backend no launchers/tune.py --config $(QS_CONFIG)
 	$(BIN)/accelerate launch $(ACCEL_DEVICE) --num_processes $(NPROC) --num_machines 1 --mixed_precision no \
-	    --dynamo_backend no launchers/evaluate.py --config $(QS_CONFIG)
+	    --dynamo_backend no launchers/evaluate.py --config $(QS_CONFIG) --overwrite
 	$(BIN)/eeg2im report --config $(QS_CONFIG)
 
 test: install

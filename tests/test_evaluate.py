@@ -1,8 +1,9 @@
-"""The evaluator end to end: a tiny trained release, evaluated by 1 and by 2 processes."""
+"""The evaluator end to end: a tiny trained release, evaluated by 1, 2 and 3 processes."""
 
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -63,8 +64,34 @@ def test_single_process_evaluation_writes_metrics_table_and_grid(release, tmp_pa
         rows = list(csv.DictReader(f))
     assert sum(int(r["trials"]) for r in rows) == test_trials
     assert (out / "grid.png").stat().st_size > 0
-    card = (release / "run" / "model" / "README.md").read_text()
-    assert '"fid"' in card and '"split": "test"' in card  # the model card now carries the evaluation
+    assert metrics["protocol"]["partial"] is False and metrics["protocol"]["split_trials"] == test_trials
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_only_a_complete_evaluation_into_the_release_eval_folder_rewrites_the_card(release, tmp_path):
+    """A quick check elsewhere leaves the release byte-identical and says it is partial; the card changes
+    only with a complete evaluation into RUN_DIR/eval, which is then not replaced without --overwrite."""
+    model = release / "run" / "model"
+    before = _tree_bytes(model)
+    assert cli_main(["evaluate", "--config", CONFIG, "--checkpoint", str(model), "--out", str(tmp_path / "quick"),
+                     *overrides(release), "eval.max_trials=4"]) == 0
+    assert _tree_bytes(model) == before
+    protocol = json.loads((tmp_path / "quick" / "metrics.json").read_text())["protocol"]
+    assert protocol["partial"] is True and protocol["trials"] == 4 and protocol["split_trials"] == 20
+
+    run_dir = tmp_path / "run"  # the release's own eval folder is RUN_DIR/eval: a copy, the fixture stays as it is
+    shutil.copytree(model, run_dir / "model")
+    real = [f"run_dir={run_dir}", *overrides(release), "eval.inception_metrics=false", "eval.random_inception=false"]
+    assert cli_main(["evaluate", "--config", CONFIG, *real]) == 0
+    card = (run_dir / "model" / "README.md").read_text()
+    assert '"split": "test"' in card and '"eeg_top1"' in card  # the card now carries the evaluation
+    done = subprocess.run([sys.executable, "-m", "eeg2im_scale.cli.main", "evaluate", "--config", CONFIG, *real],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "already holds an evaluation" in done.stderr and "--overwrite" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_one_two_and_three_processes_give_identical_metrics(release, tmp_path):
@@ -118,8 +145,9 @@ def test_evaluated_trials_follow_any_split_scheme_and_class_subset(random_corpus
 
     rows = pq.read_table(random_corpus / "manifest.parquet", columns=["key", "subject", "label"]).to_pylist()
     loader = EEGImageLoader(data_cfg(random_corpus, split_by="loso:2"), "test", train=False)
-    selected, grid = _selected_keys(loader, 0, 4)
+    selected, grid, split_trials = _selected_keys(loader, 0, 4)
     assert selected == {r["key"] for r in rows if r["subject"] == 2} and len(grid) == 4 and grid <= selected
+    assert split_trials == len(selected)
     loader = EEGImageLoader(data_cfg(random_corpus, split_by="loso:2", classes=["b"]), "test", train=False)
     assert _selected_keys(loader, 0, 4)[0] == {r["key"] for r in rows if r["subject"] == 2 and r["label"] == 1}
 

@@ -225,8 +225,11 @@ def cmd_evaluate(args) -> int:
 
     cfg = args.cfg
     run_dir = Path(cfg.run_dir)
-    metrics = evaluate(cfg, args.checkpoint or run_dir / "model", args.out or run_dir / "eval",
-                       given=given_keys(args.config, args.overrides))
+    out = Path(args.out) if args.out else run_dir / "eval"
+    if (out / "metrics.json").exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already holds an evaluation (metrics.json); choose another --out or pass "
+                              f"--overwrite to replace it")
+    metrics = evaluate(cfg, args.checkpoint or run_dir / "model", out, given=given_keys(args.config, args.overrides))
     print(json.dumps({k: v["value"] for k, v in metrics["metrics"].items()}))
     return 0
 
@@ -287,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(evaluate)
     evaluate.add_argument("--checkpoint", default=None, help="release directory (default: RUN_DIR/model of the config)")
     evaluate.add_argument("--out", default=None, help="where metrics.json, per_subject.csv and grid.png go "
-                                                      "(default: RUN_DIR/eval)")
+                                                      "(default: RUN_DIR/eval); the release's model card is updated "
+                                                      "only by a complete test evaluation into RUN_DIR/eval")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
     tune = sub.add_parser("tune", help="select sampler, steps and guidance on the val split (tune: section); the "
                                        "choice goes into the release for evaluate (several processes: accelerate "
                                        "launch launchers/tune.py)")

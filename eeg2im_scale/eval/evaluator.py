@@ -100,7 +100,7 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
     loader = EEGImageLoader(data_cfg, e.split, train=False, rank=state.process_index, world_size=state.num_processes,
                             preprocess=pipeline.preprocess)  # the release's window, band-pass and z-score statistics
     check_corpus(loader.manifest, pipeline.corpus, pipeline.dir / "corpus.json")
-    selected, grid_keys = _selected_keys(loader, e.max_trials, e.grid_trials)
+    selected, grid_keys, split_trials = _selected_keys(loader, e.max_trials, e.grid_trials)
     records, grid = [], {}
     with torch.no_grad():
         for batch in tqdm(loader, desc="evaluating", unit="batch", disable=None if state.is_main_process else True):
@@ -117,17 +117,40 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
             reference = _class_reference(inception, data_cfg, classes, state)
     grid_items = gather_object(list(grid.items()))
     metrics = _summarise(cfg, pipeline, records, reference, sampler, steps, guidance)
-    metrics["protocol"]["model_selection"] = selection
+    partial = len(selected) < split_trials
+    metrics["protocol"].update(model_selection=selection, split_trials=split_trials, partial=partial)
     if write and state.is_main_process:
-        out = Path(out_dir) if out_dir else Path(model_dir).parent / "eval"
+        release_eval = Path(model_dir).parent / "eval"
+        out = Path(out_dir) if out_dir else release_eval
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _write_per_subject(out / "per_subject.csv", records)
         _write_grid(out / "grid.png", dict(grid_items), pipeline.corpus["class_names"])
-        (Path(model_dir) / "README.md").write_text(model_card(pipeline.cfg, pipeline.corpus, metrics))
+        if partial:
+            log.warning("partial evaluation: %d of the %s split's %d trials (eval.max_trials=%d)", len(selected),
+                        e.split, split_trials, e.max_trials)
+        why_not = card_unchanged_because(e, partial, out, release_eval)
+        if why_not:
+            log.info("model card of %s left unchanged: %s", model_dir, why_not)
+        else:
+            (Path(model_dir) / "README.md").write_text(model_card(pipeline.cfg, pipeline.corpus, metrics))
         log.info("evaluation written to %s", out)
     state.wait_for_everyone()
     return metrics
+
+
+def card_unchanged_because(e, partial: bool, out: Path, release_eval: Path) -> str | None:
+    """Why this evaluation must not rewrite the release's model card, or None: only a complete evaluation
+    with real networks, written into the release's own eval folder, speaks for the release."""
+    if partial:
+        return "a partial evaluation (eval.max_trials)"
+    if e.inception_metrics and e.random_inception:
+        return "a random-weight Inception (eval.random_inception, tests only)"
+    if e.split != "test":
+        return f"an evaluation of the {e.split} split"
+    if out.resolve() != release_eval.resolve():
+        return f"written to {out}, not the release's own {release_eval}"
+    return None
 
 
 def _class_reference(inception, data_cfg, classes: set[int], state: PartialState) -> dict[str, np.ndarray]:
@@ -150,17 +173,19 @@ def _class_reference(inception, data_cfg, classes: set[int], state: PartialState
     return merged
 
 
-def _selected_keys(loader: EEGImageLoader, max_trials: int, grid_trials: int) -> tuple[set[str], set[str]]:
-    """The split's trials to evaluate (all, or the first ``max_trials`` keys) and those shown in
-    the grid (the first trial of each of the first ``grid_trials`` images); the same on every process."""
+def _selected_keys(loader: EEGImageLoader, max_trials: int, grid_trials: int) -> tuple[set[str], set[str], int]:
+    """The split's trials to evaluate (all, or the first ``max_trials`` keys), those shown in the grid
+    (the first trial of each of the first ``grid_trials`` images) and the split's trial count; the
+    same on every process."""
     member = loader.manifest.membership(loader.cfg.split_by, loader.split)  # any scheme, class subsets included
     rows = sorted((r["key"], r["image_id"]) for r in loader.manifest.read(["index", "key", "image_id"]).to_pylist()
                   if member[r["index"]])
+    split_trials = len(rows)
     rows = rows[:max_trials] if max_trials else rows
     first_of_image: dict[str, str] = {}
     for key, image_id in rows:
         first_of_image.setdefault(image_id, key)
-    return {key for key, _ in rows}, set(sorted(first_of_image.values())[:grid_trials])
+    return {key for key, _ in rows}, set(sorted(first_of_image.values())[:grid_trials]), split_trials
 
 
 def _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, device, grid, grid_keys) -> list[dict]:
