@@ -42,6 +42,18 @@ def write_random_corpus(root, num_samples: int = 240, per_shard: int = 20, **kw)
     return write_corpus(root, info, sources, seed=0, **kw)
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module's small-tensor tests: on a small shared CPU, two threads contend
+    and run ~100x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def random_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("random_corpus")

@@ -22,13 +22,7 @@ CHANS, TIMES, SFREQ, CLASSES, BATCH = 8, 128, 128.0, 5, 4
 IMAGE, COND = 16, 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: on a small shared CPU, two threads contend and run ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def eeg(batch: int = BATCH, times: int = TIMES) -> torch.Tensor:

@@ -16,12 +16,7 @@ CHANS, TIMES, SFREQ, IMAGE, STEPS = 4, 128, 128.0, 8, 1000
 BF16_UNIT_ROUNDOFF = 2.0 ** -8  # the largest relative error of rounding a float to bf16 (8-bit significand)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def diffusion_module(dtype: torch.dtype) -> DiffusionModule:
