@@ -11,7 +11,7 @@
 #
 #   bash benchmarks/gpu/fetch_wheels.sh              # once, where PyPI is reachable (not on the device)
 #   run(command="bash benchmarks/gpu/run.sh", carry=["benchmarks/gpu/wheels"], timeout_s=600)
-#   bash benchmarks/gpu/run.sh --smoke               # the same plumbing on a CPU, every step shrunk (~5 min)
+#   bash benchmarks/gpu/run.sh --smoke               # the same plumbing on a CPU, every step shrunk (~3 min)
 # Options: --budget SECONDS (default 540: the device call's 600 s less start-up), --smoke.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -45,12 +45,13 @@ step() {
 }
 
 PY="${PYTHON:-python3}"
-if [ -d benchmarks/gpu/wheels ] && ls benchmarks/gpu/wheels/*.whl > /dev/null 2>&1; then
+# the carried wheels are for the device image (CPython 3.12); a smoke run uses what is installed
+if [ "$SMOKE" = 0 ] && ls benchmarks/gpu/wheels/*.whl > /dev/null 2>&1; then
     note "installing the carried wheels"
     "$PY" -m pip install --quiet --no-index --no-deps --find-links benchmarks/gpu/wheels benchmarks/gpu/wheels/*.whl \
         >> "$LOGS/install.log" 2>&1 || note "wheel install failed: see install.log"
 else
-    note "no carried wheels (benchmarks/gpu/wheels): using the installed packages"
+    note "no carried wheels installed (none in benchmarks/gpu/wheels, or --smoke): using the installed packages"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 BIN="$(dirname "$(command -v "$PY")")"

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     peak = bf16_peak(gpu) if gpu else None
     stages = {}
