@@ -23,7 +23,7 @@ REAL_GEOMETRY = {"eeg_imagenet40.yaml": (128, 440, 1000.0, 40), "eeg_imagenet_su
 @pytest.mark.parametrize("path", sorted(Path("configs").rglob("*.yaml")))
 def test_shipped_configs_load_and_build_their_models(path):
     """Every shipped config is valid and its models can be built at its data geometry."""
-    from eeg2im_scale.train.stages import Geometry, build_highlevel, build_lowlevel, build_unet
+    from eeg2im_scale.models.build import Geometry, build_highlevel, build_lowlevel, build_unet
 
     cfg = load_config(path)
     channels, time_points, sfreq, classes = REAL_GEOMETRY.get(

@@ -396,7 +396,7 @@ def test_flip_and_shift_translates_by_at_most_the_limit():
 
 @pytest.mark.parametrize("condition_on", ["multilevel", "highlevel", "lowlevel"])
 def test_condition_on_selects_the_features_that_reach_the_unet(condition_on):
-    from eeg2im_scale.train.stages import Geometry, build_highlevel, build_lowlevel, build_unet, condition
+    from eeg2im_scale.models.build import Geometry, build_highlevel, build_lowlevel, build_unet, condition
 
     cfg = load_config("tests/configs/tiny_train.yaml", [f"model.diffusion.condition_on={condition_on}"])
     geo = Geometry.of_synth(cfg, ["a", "b", "c"])
@@ -413,7 +413,7 @@ def test_condition_on_selects_the_features_that_reach_the_unet(condition_on):
 
 @pytest.mark.parametrize("arch, width", [("resnet18", 512), ("resnet50", 2048)])
 def test_teacher_arch_sets_the_feature_width_the_highlevel_encoder_projects_to(arch, width):
-    from eeg2im_scale.train.stages import Geometry, build_highlevel, build_teacher_model
+    from eeg2im_scale.models.build import Geometry, build_highlevel, build_teacher_model
 
     cfg = load_config("tests/configs/tiny_train.yaml", [f"model.teacher.arch={arch}"])
     geo = Geometry.of_synth(cfg, ["a", "b", "c"])

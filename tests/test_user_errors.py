@@ -90,7 +90,7 @@ def release(tmp_path_factory):
 
     from eeg2im_scale.config import load_config
     from eeg2im_scale.data.corpus import write_synthetic
-    from eeg2im_scale.models.pipeline import export_release
+    from eeg2im_scale.train.release import export_release
     from eeg2im_scale.models.teacher import Teacher
     from eeg2im_scale.train.stages import Geometry, build_highlevel, build_lowlevel, build_unet, stage_weights
 

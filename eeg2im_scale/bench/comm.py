@@ -52,7 +52,7 @@ def stage_parameter_counts(config_path: str) -> dict[str, int]:
     """Trainable parameters of each stage's engine at a config's geometry (its ``synth`` section
     stands in for a converted corpus's channels, time points and classes)."""
     from ..config import load_config
-    from ..train.stages import Geometry, build_highlevel, build_lowlevel, build_teacher_model, build_unet
+    from ..models.build import Geometry, build_highlevel, build_lowlevel, build_teacher_model, build_unet
 
     cfg = load_config(config_path)
     geo = Geometry.of_synth(cfg)

@@ -17,39 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.colour import bin_index, hue_histogram, rgb_to_hsv
+
 __all__ = ["attribute_errors", "dominant_colour", "histogram_intersection", "hsv_histograms", "hue_emd", "hue_histogram",
            "n_way_topk_accuracy", "pixel_correlation", "rgb_to_hsv", "ssim", "topk_accuracy"]
-
-
-def _check_images(images: Tensor) -> None:
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise TypeError(f"expected uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-
-
-def rgb_to_hsv(images: Tensor) -> Tensor:
-    """HSV of uint8 RGB images as float ``[B, 3, H, W]`` in [0, 1] (hue in [0, 1)).
-
-    Grey pixels (max == min) get hue 0 and saturation 0; saturation is what later functions use
-    to tell an undefined hue from a real one.
-    """
-    _check_images(images)
-    rgb = images.float() / 255.0
-    r, g, b = rgb.unbind(1)
-    maxc, _ = rgb.max(1)
-    minc, _ = rgb.min(1)
-    delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    hue = torch.where(maxc == r, ((g - b) / safe) % 6.0,
-                      torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
-    hue = torch.where(delta > 0, hue / 6.0, torch.zeros_like(hue)) % 1.0
-    saturation = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)),
-                             torch.zeros_like(maxc))
-    return torch.stack((hue, saturation, maxc), 1)
-
-
-def _bin(values: Tensor, bins: int, circular: bool = False) -> Tensor:
-    index = (values * bins).long()
-    return index % bins if circular else index.clamp(0, bins - 1)
 
 
 def hsv_histograms(images: Tensor, bins: tuple[int, int, int] = (8, 4, 4)) -> Tensor:
@@ -60,7 +31,7 @@ def hsv_histograms(images: Tensor, bins: tuple[int, int, int] = (8, 4, 4)) -> Te
     """
     bh, bs, bv = bins
     hsv = rgb_to_hsv(images).flatten(2)  # [B, 3, N]
-    index = (_bin(hsv[:, 0], bh, circular=True) * bs + _bin(hsv[:, 1], bs)) * bv + _bin(hsv[:, 2], bv)
+    index = (bin_index(hsv[:, 0], bh, circular=True) * bs + bin_index(hsv[:, 1], bs)) * bv + bin_index(hsv[:, 2], bv)
     hist = torch.zeros(hsv.shape[0], bh * bs * bv, dtype=torch.float32, device=hsv.device)
     hist.scatter_add_(1, index, torch.ones_like(index, dtype=torch.float32))
     return hist / hsv.shape[-1]
@@ -70,17 +41,6 @@ def histogram_intersection(h1: Tensor, h2: Tensor) -> Tensor:
     """``sum(min(h1, h2))`` per row of normalised histograms ``[B, K]``: 1 = identical colour
     distribution, 0 = no shared bin."""
     return torch.minimum(h1, h2).sum(-1)
-
-
-def hue_histogram(images: Tensor, bins: int) -> Tensor:
-    """Saturation-weighted hue histogram ``[B, bins]`` summing to 1 (uniform for a grey image,
-    whose hue is undefined): grey pixels carry no hue information, so they weigh nothing."""
-    hsv = rgb_to_hsv(images).flatten(2)
-    index = _bin(hsv[:, 0], bins, circular=True)
-    hist = torch.zeros(hsv.shape[0], bins, dtype=torch.float64, device=hsv.device)
-    hist.scatter_add_(1, index, hsv[:, 1].double())
-    total = hist.sum(-1, keepdim=True)
-    return torch.where(total > 0, hist / total.clamp_min(1e-12), torch.full_like(hist, 1.0 / bins))
 
 
 def hue_emd(images_a: Tensor, images_b: Tensor, bins: int = 36) -> Tensor:
@@ -168,7 +128,7 @@ def dominant_colour(images: Tensor, saturation_threshold: float = 0.25, mode_bin
     threshold = torch.minimum(torch.full_like(sat[:, :1], saturation_threshold), sat.max(-1, keepdim=True).values)
     selected = (sat >= threshold) & (sat > 0)
     hist = torch.zeros(hue.shape[0], mode_bins, dtype=torch.float64, device=hue.device)
-    hist.scatter_add_(1, _bin(hue, mode_bins, circular=True), selected.double())
+    hist.scatter_add_(1, bin_index(hue, mode_bins, circular=True), selected.double())
     mode = (hist.argmax(-1, keepdim=True).double() + 0.5) / mode_bins
     peak = selected & (_circular_distance(hue, mode) < window)
     peak_sat = torch.where(peak, sat, torch.full_like(sat, float("nan")))

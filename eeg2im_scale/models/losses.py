@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from eeg2im_scale.config import HighLevelConfig, LowLevelConfig
 from eeg2im_scale.models.autoencoder import from_unit_range, to_unit_range
+from eeg2im_scale.models.colour import hue_histogram
 
 
 def response_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -107,8 +108,6 @@ def colour_layout(images: torch.Tensor, size: int) -> torch.Tensor:
 def colour_distribution_loss(logits: torch.Tensor, images: torch.Tensor, bins: int) -> torch.Tensor:
     """KL(image's saturation-weighted hue histogram || softmax(logits)), batch mean: the image's
     colour distribution as a target that shape and position do not dilute; images in [-1, 1]."""
-    from ..eval.fidelity import hue_histogram
-
     target = hue_histogram(from_unit_range(images.detach().float()), bins).to(logits.device, torch.float32)
     return F.kl_div(F.log_softmax(logits.float(), dim=-1), target, reduction="batchmean")
 

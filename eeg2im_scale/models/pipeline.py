@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..config import Config, config_from_dict, to_dict
-from ..data.manifest import Manifest
+from ..config import Config, config_from_dict
 from ..data.preprocess import EEGPreprocess, bandpass_sos
 from .autoencoder import from_unit_range
+from .build import Geometry, build_highlevel, build_lowlevel, build_unet, condition
 from .sampling import sample
 from .teacher import Teacher
 
@@ -29,46 +28,7 @@ WEIGHTS = {"highlevel": "highlevel.safetensors", "lowlevel": "lowlevel.safetenso
            "teacher": "teacher.safetensors"}
 
 
-def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
-
-
-def export_release(cfg: Config, out: Path) -> Path:
-    """Assemble ``out`` from the run's stage exports (EMA weights for the UNet)."""
-    from ..train.stages import stage_weights
-
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_strip(load_file(str(stage_weights(cfg, "highlevel"))), "encoder."), str(tmp / WEIGHTS["highlevel"]))
-    save_file(_strip(load_file(str(stage_weights(cfg, "lowlevel"))), "encoder."), str(tmp / WEIGHTS["lowlevel"]))
-    save_file(_strip(load_file(str(stage_weights(cfg, "diffusion"))), "ema.unet."), str(tmp / WEIGHTS["unet"]))
-    save_file(_strip(load_file(str(stage_weights(cfg, "teacher"))), "teacher."), str(tmp / WEIGHTS["teacher"]))
-    manifest = Manifest.for_data(cfg.data)
-    info = manifest.info
-    mean, std = manifest.eeg_stats(cfg.data.split_by)
-    corpus = {
-        "channel_names": info["channel_names"], "sfreq": info["sfreq"], "time_points": info["time_points"],
-        "class_names": manifest.class_names, "class_subset": manifest.class_subset,
-        "attribute_names": manifest.attribute_names,
-        "source": info.get("source"), "split_by": cfg.data.split_by,
-        "eeg_window": list(cfg.data.eeg_window) if cfg.data.eeg_window else None,
-        "bandpass": list(cfg.data.bandpass) if cfg.data.bandpass else None,
-        "normalize": cfg.data.normalize, "eeg_mean": mean.tolist(), "eeg_std": std.tolist(),
-        "image_size": cfg.data.image_size,
-        "split_counts": {s: manifest.count(cfg.data.split_by, s) for s in ("train", "val", "test")},
-    }
-    (tmp / "corpus.json").write_text(json.dumps(corpus, indent=1))
-    (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    (tmp / "README.md").write_text(model_card(cfg, corpus))
-    _shareable(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
-
-
-def _shareable(directory: Path) -> None:
+def shareable(directory: Path) -> None:
     """Give the release the modes any file written by this user gets (0644 and 0755 under the usual
     umask 022): safetensors writes its files 0600, and a release is meant to be copied and shared."""
     umask = os.umask(0)
@@ -185,8 +145,6 @@ class EEG2IMPipeline:
     """Loads a release directory; ``generate`` turns one raw EEG trial into images."""
 
     def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu"):
-        from ..train.stages import Geometry, build_highlevel, build_lowlevel, build_unet
-
         self.dir = Path(model_dir)
         missing = [name for name in [*WEIGHTS.values(), "corpus.json", "config.yaml"] if not (self.dir / name).is_file()]
         if missing:
@@ -211,8 +169,6 @@ class EEG2IMPipeline:
         return module.to(self.device).eval().requires_grad_(False)
 
     def condition(self, eeg: torch.Tensor) -> torch.Tensor:
-        from ..train.stages import condition
-
         return condition(self.highlevel, self.lowlevel, eeg, self.cfg.model.diffusion.condition_on)
 
     @torch.no_grad()

@@ -15,7 +15,8 @@ from ..data.loader import EEGImageLoader
 from ..data.manifest import Manifest
 from ..models.autoencoder import to_unit_range
 from ..models.teacher import Teacher
-from ..train.stages import Geometry, ShuffledLabels, build_highlevel, load_prefixed, stage_weights
+from ..models.build import Geometry, build_highlevel, load_prefixed
+from ..train.stages import ShuffledLabels, stage_weights
 from .plans import ProtocolError
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from ..config import load_config
 from ..data.corpus import ensure_corpus
 from ..data.manifest import MANIFEST, Manifest
-from ..train.stages import Geometry, build_highlevel
+from ..models.build import Geometry, build_highlevel
 from .evaluate import check_images_disjoint, classifier_scores, zero_shot_scores
 from .plans import Plan, ProtocolError, Variant, layout_of, make_plan
 from .probe import drift_untestable, run_probes, split_features

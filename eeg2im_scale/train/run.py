@@ -27,6 +27,7 @@ from .checkpoint import CheckpointError
 from .distributed import barrier, init_distributed
 from .ds_config import build_deepspeed_config
 from .loop import train_stage
+from .release import export_release
 from .stages import missing_dependencies, stage_weights
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,6 @@ def run(cfg: Config, resume: bool = False) -> Path:
                 break  # halted early (train.halt_after): later stages wait for --resume
         release = run_dir / "model"
         if dist.is_main and all(stage_weights(cfg, s).is_file() for s in STAGES):
-            from ..models.pipeline import export_release
-
             export_release(cfg, release)
         barrier()
     finally:
