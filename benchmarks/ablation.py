@@ -72,13 +72,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import hashlib
-import importlib.metadata
 import json
 import logging
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -86,14 +82,13 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
+from eeg2im_scale.bench.environment import machine_info, synthetic_corpus
 from eeg2im_scale.bench.proc import run_logged
 from eeg2im_scale.config import STAGES, ConfigError, load_config, to_dict
 from eeg2im_scale.config import read_yaml_values as read_config_values
-from eeg2im_scale.data.corpus import write_synthetic
-from eeg2im_scale.data.manifest import MANIFEST, Manifest
+from eeg2im_scale.data.manifest import Manifest
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "launchers" / "train.py"
@@ -188,13 +183,8 @@ def ensure_corpus(plan: Plan) -> dict:
     """The multilevel config's synthetic corpus under the work dir, written unless one with the same settings exists."""
     cfg = load_config(config_path("multilevel"), plan.common_overrides())
     synth = cfg.synth
-    digest = hashlib.sha1(json.dumps(dataclasses.asdict(synth), sort_keys=True).encode()).hexdigest()[:10]
-    root = plan.work_dir / "corpus" / f"ablation_{digest}"
-    reused = (root / MANIFEST).is_file()
     started = time.perf_counter()
-    if not reused:
-        shutil.rmtree(root, ignore_errors=True)
-        write_synthetic(synth, root)
+    root, reused = synthetic_corpus(synth, plan.work_dir / "corpus", "ablation")
     manifest = Manifest(root)
     return {"root": str(root), "reused": reused, "write_s": None if reused else round(time.perf_counter() - started, 1),
             "synth": to_dict(synth), "split_by": cfg.data.split_by,
@@ -432,22 +422,6 @@ def _method_text(summary: dict) -> list[str]:
 # Driver
 
 
-def environment() -> dict:
-    def version(name: str) -> str | None:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(), "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "deepspeed": version("deepspeed"),
-            "diffusers": version("diffusers"), "accelerate": version("accelerate"),
-            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-            "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
-
-
 METHOD = (
     "Two methods, each with its own runs: paper (the low-level encoder aligned with the autoencoder latent only: "
     "model.lowlevel.colour_layout_weight=0, colour_distribution_weight=0) and ours (the configs as they are, with "
@@ -508,7 +482,7 @@ def run(plan: Plan, out: Path, log=print) -> dict:
     cfg = load_config(config_path("multilevel"), plan.common_overrides(root))
     result = {
         "benchmark": "ablation", "mode": "quick" if plan.quick else "full", "complete": False,
-        "environment": environment(), "method": METHOD,
+        "environment": machine_info("deepspeed", "diffusers", "accelerate"), "method": METHOD,
         "settings": {"methods": {m: list(METHODS[m]) for m in plan.methods}, "seeds": plan.seeds, "nproc": plan.nproc, "omp_num_threads_per_rank": plan.omp_threads,
                      "launcher": "deepspeed --num_gpus N --master_port <free port> launchers/train.py",
                      "evaluation": "in-process eeg2im_scale.eval.evaluator.evaluate, test split",

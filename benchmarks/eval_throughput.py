@@ -27,17 +27,16 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import torch
 import torch_fidelity
 from torch.utils.data import Dataset
 
+from eeg2im_scale.bench.environment import machine_info
 from eeg2im_scale.eval.gen_metrics import inception_score
 from eeg2im_scale.eval.inception import extract, random_fid_inception
 
@@ -112,7 +111,7 @@ def train_release(work_dir: Path, steps: int) -> Path:
     if (root / "done").exists():
         return root
     code = ("import sys; from eeg2im_scale.config import load_config; "
-            "from eeg2im_scale.data.corpus import write_synthetic; from eeg2im_scale.train.run import main; "
+            "from eeg2im_scale.data.corpus import write_synthetic; from eeg2im_scale.train.command import main; "
             "write_synthetic(load_config(sys.argv[1]).synth, sys.argv[2]); sys.exit(main(sys.argv[3:]))")
     command = [sys.executable, "-c", code, CONFIG, str(root / "corpus"), "--config", CONFIG,
                f"run_dir={root / 'run'}", f"data.root={root / 'corpus'}",
@@ -172,14 +171,6 @@ def whole_evaluation(settings: dict, work_dir: Path) -> dict:
     return result
 
 
-def machine_info() -> dict:
-    return {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_fidelity": torch_fidelity.__version__,
-            "gpus": torch.cuda.device_count(), "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
-
-
 def print_table(result: dict) -> None:
     f = result["feature_extraction"]
     print(f"feature extraction ({f['images']} images {f['image_size']}², batch {f['batch_size']}, "
@@ -207,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = SETTINGS[mode]
     started = time.perf_counter()
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "mode": mode, "settings": settings, "machine": machine_info()}
+              "mode": mode, "settings": settings, "machine": machine_info("torch-fidelity")}
     result["feature_extraction"] = feature_extraction(settings, work_dir)
     result["whole_evaluation"] = whole_evaluation(settings, work_dir)
     result["total_wall_s"] = time.perf_counter() - started

@@ -6,12 +6,12 @@ bmm-softmax-bmm ``AttnProcessor`` as the reference), ``torch.compile``, and the 
 (DeepSpeed ZeRO-1/2/3 as ``launchers/train.py`` runs it, or plain PyTorch DDP). This script
 times one training step of the UNet alone under each, so the defaults can be chosen from numbers.
 
-Method: the model is ``FiLMUNet(cfg.model.diffusion, image_size, cond_dim)`` from
-``configs/synthetic.yaml`` (cond_dim = highlevel.embed_dim + lowlevel.latent_dim, as
-``train.stages.build_unet``), trained as ``DiffusionModule`` does: DDPM noise-prediction MSE with the
-diffusers ``DDPMScheduler`` of ``make_train_scheduler``, CFG drop mask, grad clipping 1.0, AdamW.
-Inputs are synthetic tensors made on the device beforehand (4 batches in rotation), so every
-number is compute only, with no data wait. Per configuration: a fresh model (seed 0), warm-up
+Method: the model is the package's ``models.build.build_unet`` at ``configs/synthetic.yaml``'s
+geometry, and the step is the package's own ``train.stages.DiffusionModule.forward`` (float32 noise
+schedule and target, only the UNet input in the compute dtype, CFG drop mask) with the frozen EEG
+encoders' output given as an input (``UNetStep``): the UNet is timed, not the encoders. Grad
+clipping 1.0, AdamW. Inputs are synthetic uint8 images and conditioning vectors made on the device
+beforehand (4 batches in rotation), so every number is compute only, with no data wait. Per configuration: a fresh model (seed 0), warm-up
 steps discarded (they include torch.compile's compilation, reported as ``warmup_s``), then timed
 steps between two ``torch.cuda.synchronize``; samples/s = timed samples / wall time, with the
 per-step median from CUDA events beside it. TFLOP/s = samples/s x training FLOPs per sample
@@ -32,23 +32,17 @@ half the batch, at most 3 times) records its error instead of ending the run.
 earlier result file (rows carry ``run``; ``runs`` lists each call's argv and environment), so the
 grid can be split over several time-limited GPU calls; ``--engines``/``--compile-engines`` pick
 the engine rows (``--compile-engines zero2`` times a compiled UNet inside DeepSpeed);
-``--profile N`` adds each row's top host and device ops over N profiled steps. The
-``eeg2im_scale.models`` package ``__init__`` imports braindecode, which GPU images may lack; it is
-bypassed here when braindecode is missing.
+``--profile N`` adds each row's top host and device ops over N profiled steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import gc
-import importlib.metadata
-import importlib.util
 import json
 import math
 import os
-import platform
 import socket
 import sys
 import time
@@ -57,12 +51,20 @@ import types
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from eeg2im_scale.bench.environment import machine_info  # noqa: E402 - after the repo is on the path
+from eeg2im_scale.config import load_config  # noqa: E402
+from eeg2im_scale.models.attention import select_attention_backend  # noqa: E402
+from eeg2im_scale.models.build import Geometry, build_unet, condition_dim  # noqa: E402
+from eeg2im_scale.models.precision import cast_for_training  # noqa: E402
+from eeg2im_scale.train.ds_config import build_deepspeed_config  # noqa: E402
+from eeg2im_scale.train.metrics import peak_memory_mib, reset_peak_memory, training_flops_per_sample  # noqa: E402
+from eeg2im_scale.train.stages import DiffusionModule  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs" / "synthetic.yaml"
 DEFAULT_BATCH = {64: 128, 128: 64}
@@ -73,82 +75,31 @@ BF16_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), 
 OOM_RETRIES = 3
 
 
-# ---- imports that avoid braindecode -------------------------------------------------------------
-
-def import_repo():
-    """FiLMUNet & co. without running ``eeg2im_scale/models/__init__.py`` when braindecode is absent."""
-    import eeg2im_scale
-
-    how = "package"
-    if importlib.util.find_spec("braindecode") is None and "eeg2im_scale.models" not in sys.modules:
-        stub = types.ModuleType("eeg2im_scale.models")  # a bare package: its submodules import one by one
-        stub.__path__ = [str(Path(eeg2im_scale.__file__).parent / "models")]
-        sys.modules["eeg2im_scale.models"] = stub
-        how = "submodules only (braindecode missing: eeg2im_scale.models.__init__ bypassed)"
-    from eeg2im_scale.config import load_config
-    from eeg2im_scale.models.attention import (
-        apply_attention_backend,
-        select_attention_backend,
-    )
-    from eeg2im_scale.models.film_unet import FiLMUNet
-    from eeg2im_scale.models.sampling import (
-        diffusion_training_target,
-        make_train_scheduler,
-    )
-    from eeg2im_scale.train.ds_config import build_deepspeed_config
-    from eeg2im_scale.train.metrics import (
-        peak_memory_mib,
-        reset_peak_memory,
-        training_flops_per_sample,
-    )
-
-    return types.SimpleNamespace(
-        load_config=load_config, apply_attention_backend=apply_attention_backend,
-        select_attention_backend=select_attention_backend, FiLMUNet=FiLMUNet,
-        diffusion_training_target=diffusion_training_target, make_train_scheduler=make_train_scheduler,
-        build_deepspeed_config=build_deepspeed_config, peak_memory_mib=peak_memory_mib,
-        reset_peak_memory=reset_peak_memory, training_flops_per_sample=training_flops_per_sample), how
-
-
-R = None  # the repo's functions (import_repo), set in main
-
-
 # ---- the step ---------------------------------------------------------------------------------------
 
-class DiffusionStep(nn.Module):
-    """``DiffusionModule.forward`` without the frozen encoders: (clean, cond) → DDPM MSE loss."""
+class UNetStep(DiffusionModule):
+    """The diffusion stage's training step with the frozen encoders' output given in the batch
+    (``cond``): everything else is ``DiffusionModule.forward`` itself."""
 
-    def __init__(self, unet: nn.Module, dcfg, dtype: torch.dtype):
-        super().__init__()
-        self.unet, self.dtype = unet, dtype
-        self.scheduler = R.make_train_scheduler(dcfg)
+    def __init__(self, unet: nn.Module, diffusion_cfg, dtype: torch.dtype, compile_backend: str | None = None):
+        super().__init__(unet, None, None, diffusion_cfg, dtype, compile_backend)
 
-    def forward(self, clean: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        clean, cond = clean.to(self.dtype), cond.to(self.dtype)
-        noise = torch.randn_like(clean)
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(clean),), device=clean.device)
-        noisy = self.scheduler.add_noise(clean, noise, timesteps)
-        target = R.diffusion_training_target(self.scheduler, clean, noise, timesteps)
-        drop = self.unet.random_drop_mask(len(clean), clean.device)
-        prediction = self.unet(noisy, timesteps, cond, drop)
-        return F.mse_loss(prediction.float(), target.float())
+    def frozen_forward(self, batch: dict) -> torch.Tensor:
+        return batch["cond"].to(self.dtype)
 
 
-def set_attention(model: nn.Module, backend: str) -> None:
+def film_unet(ctx, size: int, backend: str) -> nn.Module:
+    """The training UNet at image size ``size``; ``backend`` "naive" installs diffusers' reference
+    bmm-softmax-bmm ``AttnProcessor`` (FLOP counting, and the baseline row)."""
+    torch.manual_seed(0)
+    model_cfg = dataclasses.replace(ctx.cfg.model, diffusion=ctx.dcfg,
+                                    attention="sdpa" if backend == "naive" else backend)
+    unet = build_unet(model_cfg, Geometry.of_synth(ctx.cfg.synth, dataclasses.replace(ctx.cfg.data, image_size=size)))
     if backend == "naive":
         from diffusers.models.attention_processor import Attention, AttnProcessor
 
-        for m in model.modules():
-            if isinstance(m, Attention):
-                m.set_processor(AttnProcessor())
-    else:
-        R.apply_attention_backend(model, backend)
-
-
-def build_unet(ctx, size: int, backend: str) -> nn.Module:
-    torch.manual_seed(0)
-    unet = R.FiLMUNet(ctx.dcfg, size, ctx.cond_dim, attention="sdpa")
-    set_attention(unet, backend)
+        for layer in (m for m in unet.modules() if isinstance(m, Attention)):
+            layer.set_processor(AttnProcessor())
     return unet
 
 
@@ -157,10 +108,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_batches(ctx, size: int, batch: int, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_batches(ctx, size: int, batch: int, n: int = 4) -> list[dict]:
     g = torch.Generator(device=ctx.device).manual_seed(1)
-    return [(torch.rand(batch, 3, size, size, device=ctx.device, generator=g) * 2 - 1,
-             torch.randn(batch, ctx.cond_dim, device=ctx.device, generator=g)) for _ in range(n)]
+    return [{"image": torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=ctx.device, generator=g),
+             "cond": torch.randn(batch, ctx.cond_dim, device=ctx.device, generator=g)} for _ in range(n)]
 
 
 def profile_steps(step, batches, steps: int, device: torch.device, top: int = 12) -> dict:
@@ -172,7 +123,7 @@ def profile_steps(step, batches, steps: int, device: torch.device, top: int = 12
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for i in range(steps):
-            step(*batches[i % len(batches)])
+            step(batches[i % len(batches)])
         sync(device)
     events = prof.key_averages()
 
@@ -192,7 +143,7 @@ def time_steps(step, batches, warmup: int, steps: int, device: torch.device, pro
     t0 = time.perf_counter()
     loss = None
     for i in range(warmup):
-        loss = step(*batches[i % len(batches)])
+        loss = step(batches[i % len(batches)])
     sync(device)
     warmup_s = time.perf_counter() - t0
     cuda = device.type == "cuda"
@@ -201,7 +152,7 @@ def time_steps(step, batches, warmup: int, steps: int, device: torch.device, pro
     start = time.perf_counter()
     marks[0].record() if cuda else host.append(start)
     for i in range(steps):
-        loss = step(*batches[i % len(batches)])
+        loss = step(batches[i % len(batches)])
         marks[i + 1].record() if cuda else host.append(time.perf_counter())
     sync(device)
     wall = time.perf_counter() - start
@@ -219,21 +170,18 @@ def time_steps(step, batches, warmup: int, steps: int, device: torch.device, pro
 def run_plain(ctx, size: int, batch: int, backend: str, compiled: bool, ddp: bool) -> dict:
     """fp32 weights, bf16 autocast, torch AdamW; optionally torch.compile'd UNet or a DDP wrapper."""
     device = ctx.device
-    unet = build_unet(ctx, size, backend)
-    info = {}
-    if compiled:
-        info["compile_backend"] = ctx.compile_backend
-        unet = torch.compile(unet, backend=ctx.compile_backend)
-    module = DiffusionStep(unet, ctx.dcfg, torch.float32).to(device)
+    unet = film_unet(ctx, size, backend)
+    info = {"compile_backend": ctx.compile_backend} if compiled else {}
+    module = UNetStep(unet, ctx.dcfg, torch.float32, ctx.compile_backend if compiled else None).to(device)
     params = [p for p in module.parameters() if p.requires_grad]
     model = module
     if ddp:
         model = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(params, lr=ctx.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
-    def step(clean, cond):
+    def step(batch):
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(clean, cond)
+            loss, _ = model(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -248,19 +196,17 @@ def run_deepspeed(ctx, size: int, batch: int, backend: str, zero: int, compiled:
     import deepspeed
 
     device = ctx.device
-    unet = build_unet(ctx, size, backend)
-    if compiled:
-        unet = torch.compile(unet, backend=ctx.compile_backend)
-    module = DiffusionStep(unet, ctx.dcfg, torch.bfloat16)
-    module.to(torch.bfloat16)
+    unet = film_unet(ctx, size, backend)
+    module = cast_for_training(UNetStep(unet, ctx.dcfg, torch.bfloat16, ctx.compile_backend if compiled else None),
+                               torch.bfloat16)
     train_cfg = dataclasses.replace(ctx.cfg.train, zero_stage=zero, precision="bf16", grad_accum=1,
                                     deepspeed_config=None, grad_clip=1.0)
-    ds_config = R.build_deepspeed_config(train_cfg, ctx.cfg.train.diffusion, batch, 1, device.type == "cuda")
+    ds_config = build_deepspeed_config(train_cfg, ctx.cfg.train.diffusion, batch, 1, device.type == "cuda")
     engine, _, _, _ = deepspeed.initialize(model=module, config=ds_config,
                                            model_parameters=[p for p in module.parameters() if p.requires_grad])
 
-    def step(clean, cond):
-        loss = engine(clean, cond)
+    def step(batch):
+        loss, _ = engine(batch)
         engine.backward(loss)
         engine.step()
         return loss
@@ -288,7 +234,7 @@ def measure(ctx, row: dict, fn) -> dict:
     oom = []
     while True:
         cleanup(ctx)
-        R.reset_peak_memory(ctx.device)
+        reset_peak_memory(ctx.device)
         error = None
         try:
             out = fn(batch)
@@ -303,7 +249,7 @@ def measure(ctx, row: dict, fn) -> dict:
             if ctx.compile_used:
                 torch._dynamo.reset()
                 ctx.compile_used = False
-        peak = R.peak_memory_mib(ctx.device)
+        peak = peak_memory_mib(ctx.device)
         cleanup(ctx)
         if out is not None:
             break
@@ -329,18 +275,8 @@ def measure(ctx, row: dict, fn) -> dict:
 
 # ---- environment ------------------------------------------------------------------------------------
 
-def version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def environment(device: torch.device) -> dict:
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "python": platform.python_version(), "platform": platform.platform(),
-           "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-           **{name: version(name) for name in ("deepspeed", "diffusers", "xformers", "triton")},
+    env = {**machine_info("deepspeed", "diffusers", "xformers", "triton"), "torch_cuda": torch.version.cuda,
            "device": str(device)}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
@@ -377,12 +313,12 @@ def matmul_tflops(device: torch.device, n: int = 8192) -> float:
 
 def count_flops(ctx, size: int) -> dict:
     """Training FLOPs per sample: 3 x forward (naive attention so every matmul is counted), batch 2, fp32."""
-    unet = build_unet(ctx, size, "naive").to(ctx.device)
+    unet = film_unet(ctx, size, "naive").to(ctx.device)
     b = 2
     x = torch.randn(b, 3, size, size, device=ctx.device)
     t = torch.randint(0, 1000, (b,), device=ctx.device)
     c = torch.randn(b, ctx.cond_dim, device=ctx.device)
-    fps = R.training_flops_per_sample(lambda: unet(x, t, c, None), lambda: None, b)
+    fps = training_flops_per_sample(lambda: unet(x, t, c, None), lambda: None, b)
     params = sum(p.numel() for p in unet.parameters())
     ctx.head_dim = unet.unet.config.attention_head_dim
     return {"forward_gflops_per_sample": round(fps / 3 / 1e9, 3), "training_flops_per_sample": fps,
@@ -459,7 +395,6 @@ def save(report: dict, out: Path, with_plot: bool = True) -> None:
 # ---- main ---------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    global R
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for gpu_diffusion.json and gpu_diffusion.png")
     ap.add_argument("--quick", action="store_true", help="CPU smoke run: 16 px, tiny model, 2 steps")
@@ -479,13 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-budget-s", type=float, default=0, help="skip the remaining rows after this (0: none)")
     args = ap.parse_args(argv)
 
-    R, import_how = import_repo()
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    cfg = R.load_config(args.config)
+    cfg = load_config(args.config)
     dcfg = cfg.model.diffusion
     sizes = args.sizes or ([16] if args.quick else [64, 128])
     batches = args.batch_sizes or ([4] * len(sizes) if args.quick else [DEFAULT_BATCH.get(s, 32) for s in sizes])
@@ -498,13 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    ctx = types.SimpleNamespace(device=device, cfg=cfg, dcfg=dcfg, cond_dim=cfg.model.highlevel.embed_dim
-                                + cfg.model.lowlevel.latent_dim, lr=cfg.train.diffusion.lr, warmup=warmup, steps=steps,
+    ctx = types.SimpleNamespace(device=device, cfg=cfg, dcfg=dcfg, cond_dim=condition_dim(cfg.model), lr=cfg.train.diffusion.lr, warmup=warmup, steps=steps,
                                 compile_backend="inductor" if device.type == "cuda" else "aot_eager",
                                 compile_used=False, profile=args.profile, budget_s=args.time_budget_s, t_start=time.perf_counter(),
                                 flops={}, log=lambda s: print(s, file=sys.stderr, flush=True))
     env = environment(device)
-    env["eeg2im_scale_models_import"] = import_how
     gpu = env.get("gpu", "")
     ctx.peak_tflops = bf16_peak(gpu) if gpu else None
     ctx.matmul_tflops = None
@@ -583,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def xformers_skip() -> str | None:
         try:
-            R.select_attention_backend("xformers", device)
+            select_attention_backend("xformers", device)
         except Exception as exc:  # noqa: BLE001
             return f"{type(exc).__name__}: {exc}"
         return None

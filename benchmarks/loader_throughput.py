@@ -29,7 +29,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -39,11 +38,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-import psutil
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from eeg2im_scale.bench.environment import machine_info
 from eeg2im_scale.bench.summaries import cost_growth
 from eeg2im_scale.config import DataConfig, SynthConfig
 from eeg2im_scale.data.corpus import write_synthetic
@@ -348,14 +347,6 @@ def measure_memory(bench: Bench, root: Path, kind: str) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
-    import webdataset
-    return {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "webdataset": webdataset.__version__, "pillow": Image.__version__}
-
-
 def run(bench: Bench, log=print) -> dict:
     started, load_at_start = time.perf_counter(), os.getloadavg()[0]
     corpora = {}
@@ -383,7 +374,7 @@ def run(bench: Bench, log=print) -> dict:
     per_pass = f"{bench.max_batches} batches" if bench.max_batches else "one full epoch of the train split"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**machine_info(), "load_average_1min_at_start": round(load_at_start, 2),
+        "machine": {**machine_info("numpy", "webdataset", "pillow"), "load_average_1min_at_start": round(load_at_start, 2),
                     "load_average_1min_at_end": round(os.getloadavg()[0], 2)},
         "settings": {**{k: v for k, v in dataclasses.asdict(bench).items() if k != "work_dir"},
                      "work_dir": str(bench.work_dir), "split_by": SPLIT_BY, "split": "train",

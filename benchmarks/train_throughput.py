@@ -30,25 +30,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
 import importlib
 import json
 import os
-import platform
 import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import deepspeed
-import psutil
 import torch
 
+from eeg2im_scale.bench import environment
 from eeg2im_scale.bench.proc import run_logged
 from eeg2im_scale.config import STAGES, load_config, to_dict
-from eeg2im_scale.data.corpus import write_synthetic
-from eeg2im_scale.data.manifest import MANIFEST, Manifest
+from eeg2im_scale.data.manifest import Manifest
 from eeg2im_scale.train.stages import DEPENDENCIES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,12 +152,7 @@ def ensure_corpus(config: Path, work_dir: Path) -> dict:
     """The config's synthetic corpus under ``work_dir``, written unless one with the same settings exists."""
     cfg = load_config(config)
     synth = cfg.synth
-    digest = hashlib.sha1(json.dumps(dataclasses.asdict(synth), sort_keys=True).encode()).hexdigest()[:10]
-    root = work_dir / "corpus" / f"{config.stem}_{digest}"
-    reused = (root / MANIFEST).is_file()
-    if not reused:
-        shutil.rmtree(root, ignore_errors=True)
-        write_synthetic(synth, root)
+    root, reused = environment.synthetic_corpus(synth, work_dir / "corpus", config.stem)
     return {"root": str(root), "reused": reused, "num_samples": synth.num_samples,
             "train_samples": Manifest(root).count(cfg.data.split_by, "train")}
 
@@ -295,12 +286,8 @@ def scaling_efficiency(runs: dict, plan: Plan) -> dict:
 
 
 def machine_info() -> dict:
-    info = {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    info = environment.machine_info("deepspeed")
     if info["gpus"]:
-        info["cuda"] = torch.version.cuda
         info["xformers"] = xformers_unavailable() or importlib.import_module("xformers").__version__
     return info
 

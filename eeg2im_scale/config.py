@@ -20,11 +20,23 @@ import yaml
 from .data.splits import parse_scheme
 
 
+# Choice lists, written once: the config checks values against them, the code that branches on them
+# takes their tuples (typing.get_args)
 Sampler = Literal["ddim", "dpm", "ddpm"]  # DDIM (eta 0), DPM-Solver++ (2nd order), DDPM ancestral
+Backbone = Literal["EEGNet", "ShallowFBCSPNet", "Deep4Net", "EEGConformer", "ATCNet"]  # braindecode models
+TeacherFlips = Literal["horizontal", "both", "none"]
+AttentionBackend = Literal["auto", "xformers", "sdpa"]
+StageName = Literal["teacher", "lowlevel", "highlevel", "diffusion"]
+STAGES: tuple[str, ...] = typing.get_args(StageName)  # in training order
 
 
 class ConfigError(ValueError):
     """A configuration mistake, reported with the dotted key that caused it."""
+
+
+def _at_least_one(key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{key} must be >= 1, got {value}")
 
 
 @dataclass
@@ -50,6 +62,18 @@ class SynthConfig:
     seed: int = 0
     workers: int = 1
 
+    def check(self) -> None:
+        for name in ("num_samples", "num_classes", "num_subjects", "samples_per_shard", "image_size", "channels",
+                     "time_points", "sessions_per_subject", "workers"):
+            _at_least_one(f"synth.{name}", getattr(self, name))
+        if abs(sum(self.split_fractions) - 1.0) > 1e-6 or min(self.split_fractions) < 0:
+            raise ConfigError(f"synth.split_fractions must be three non-negative numbers summing to 1, "
+                              f"got {list(self.split_fractions)}")
+        if self.channels > 128:
+            raise ConfigError(f"synth.channels is at most 128 (the montage has 128 electrodes), got {self.channels}")
+        if self.sfreq <= 2 * self.line_freq:
+            raise ConfigError(f"synth.sfreq ({self.sfreq}) must exceed twice synth.line_freq ({self.line_freq})")
+
 
 @dataclass
 class DataConfig:
@@ -70,6 +94,26 @@ class DataConfig:
     synthesize: bool = True
     seed: int = 0
 
+    def check(self) -> None:
+        if not self.root.strip():
+            raise ConfigError("data.root is empty: set it to a corpus directory (manifest.parquet + shards/); create one "
+                              "with `eeg2im synth --out DIR` or `eeg2im convert ... --out DIR`, or name a new directory "
+                              "and keep data.synthesize: true")
+        for name in ("batch_size", "image_size", "shuffle_buffer"):
+            _at_least_one(f"data.{name}", getattr(self, name))
+        if self.num_workers < 0 or self.samples_per_epoch < 0:
+            raise ConfigError("data.num_workers and data.samples_per_epoch must be >= 0")
+        if self.eeg_window is not None and not 0 <= self.eeg_window[0] < self.eeg_window[1]:
+            raise ConfigError(f"data.eeg_window must be [start, stop) with 0 <= start < stop, got {list(self.eeg_window)}")
+        try:
+            parse_scheme(self.split_by)
+        except ValueError as exc:
+            raise ConfigError(f"data.split_by: {exc}") from None
+        if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
+            raise ConfigError(f"data.classes must list at least two distinct class names, got {self.classes}")
+        if self.bandpass is not None and not 0 <= self.bandpass[0] < self.bandpass[1]:
+            raise ConfigError(f"data.bandpass must be [low, high] Hz with 0 <= low < high, got {list(self.bandpass)}")
+
 
 @dataclass
 class TeacherConfig:
@@ -81,14 +125,14 @@ class TeacherConfig:
     input_size: int = 224  # images are resized to this before the teacher
     augment: bool = True  # random flips and shifts while fine-tuning (it memorises a few hundred images otherwise)
     # which flips: a photo keeps its label under a horizontal flip only; both suits shapes that survive a vertical one
-    flips: Literal["horizontal", "both", "none"] = "horizontal"
+    flips: TeacherFlips = "horizontal"
 
 
 @dataclass
 class HighLevelConfig:
     """High-level (semantic) EEG encoder: braindecode backbone -> embedding -> class head."""
 
-    backbone: Literal["EEGNet", "ShallowFBCSPNet", "Deep4Net", "EEGConformer", "ATCNet"] = "ShallowFBCSPNet"
+    backbone: Backbone = "ShallowFBCSPNet"
     embed_dim: int = 256
     ce_weight: float = 1.0  # cross-entropy with the true label
     kd_weight: float = 1.0  # response-based KD: KL(teacher || student) on temperature-softened logits
@@ -101,7 +145,7 @@ class HighLevelConfig:
 class LowLevelConfig:
     """Image autoencoder + low-level EEG encoder aligned with its latent, trained jointly."""
 
-    backbone: Literal["EEGNet", "ShallowFBCSPNet", "Deep4Net", "EEGConformer", "ATCNet"] = "ShallowFBCSPNet"
+    backbone: Backbone = "ShallowFBCSPNet"
     latent_dim: int = 128
     ae_channels: tuple[int, ...] = (32, 64, 128)
     recon_weight: float = 1.0
@@ -140,10 +184,20 @@ class DiffusionConfig:
     x0_dynamic_ratio: float = 0.995
     x0_dynamic_max: float = 1.5
 
+    def check(self) -> None:
+        if len(self.attention_levels) != len(self.block_channels):
+            raise ConfigError(f"model.diffusion.attention_levels needs one entry per block_channels level "
+                              f"({len(self.block_channels)}), got {len(self.attention_levels)}")
+        if not 0 < self.x0_dynamic_ratio < 1 or not self.x0_dynamic_max >= 1:
+            raise ConfigError(f"model.diffusion.x0_dynamic_ratio must be in (0, 1) and x0_dynamic_max >= 1, got "
+                              f"{self.x0_dynamic_ratio}, {self.x0_dynamic_max}")
+        if not 0 <= self.cond_dropout < 1:
+            raise ConfigError(f"model.diffusion.cond_dropout must be in [0, 1), got {self.cond_dropout}")
+
 
 @dataclass
 class ModelConfig:
-    attention: Literal["auto", "xformers", "sdpa"] = "auto"  # auto: PyTorch SDPA (faster than xformers, measured)
+    attention: AttentionBackend = "auto"  # auto: PyTorch SDPA, the faster one measured (docs/performance.md)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     highlevel: HighLevelConfig = field(default_factory=HighLevelConfig)
     lowlevel: LowLevelConfig = field(default_factory=LowLevelConfig)
@@ -161,14 +215,13 @@ class StageConfig:
     weight_decay: float = 0.0
 
 
-STAGES = ("teacher", "lowlevel", "highlevel", "diffusion")
 
 
 @dataclass
 class TrainConfig:
     """DeepSpeed training of every stage; each stage consumes the previous stages' exports."""
 
-    stage: Literal["teacher", "lowlevel", "highlevel", "diffusion", "all"] = "all"
+    stage: Literal[StageName, "all"] = "all"
     teacher: StageConfig = field(default_factory=lambda: StageConfig(steps=100, lr=1e-3))
     lowlevel: StageConfig = field(default_factory=lambda: StageConfig(steps=150, lr=1e-3))
     highlevel: StageConfig = field(default_factory=lambda: StageConfig(steps=150, lr=1e-3))
@@ -193,6 +246,17 @@ class TrainConfig:
 
     def stage_config(self, name: str) -> StageConfig:
         return getattr(self, name)
+
+    def check(self) -> None:
+        for name in ("grad_accum", "checkpoint_every", "keep_checkpoints", "log_every", "collective_timeout_s"):
+            _at_least_one(f"train.{name}", getattr(self, name))
+        for name in STAGES:
+            _at_least_one(f"train.{name}.steps", self.stage_config(name).steps)
+        if self.halt_after < 0 or any(self.stage_config(name).warmup_steps < 0 for name in STAGES):
+            raise ConfigError("train.halt_after and train.<stage>.warmup_steps must be >= 0 (0: off)")
+        for name in STAGES:
+            if not self.stage_config(name).lr > 0:
+                raise ConfigError(f"train.{name}.lr must be > 0, got {self.stage_config(name).lr}")
 
 
 @dataclass
@@ -234,6 +298,15 @@ class TuneConfig:
                     "hue_error", "brightness_error", "fid", "kid", "inception_score"] = "generated_n_way_top_k"
     max_trials: int = 0  # val trials per candidate; 0 = every val trial
 
+    def check(self, inception_metrics: bool) -> None:
+        if not (self.samplers and self.sample_steps and self.guidance_scales):
+            raise ConfigError("tune.samplers, tune.sample_steps and tune.guidance_scales must each list at least one value")
+        if min(self.sample_steps) < 1 or min(self.guidance_scales) < 0 or self.max_trials < 0:
+            raise ConfigError(f"tune.sample_steps must be >= 1, tune.guidance_scales >= 0 and tune.max_trials >= 0, "
+                              f"got {self.sample_steps}, {self.guidance_scales}, {self.max_trials}")
+        if self.metric in ("fid", "kid", "inception_score") and not inception_metrics:
+            raise ConfigError(f"tune.metric={self.metric} needs eval.inception_metrics=true")
+
 
 @dataclass
 class ProtocolConfig:
@@ -252,6 +325,20 @@ class ProtocolConfig:
     deep_controls: bool = True  # controls: retrain the EEG encoder per control; false: the drift probe only (seconds)
     control_steps: int | None = None  # controls: EEG encoder steps (cross-entropy only); None: train.highlevel.steps
 
+    def check(self) -> None:
+        if not 0 < self.alpha < 1 or not 0 < self.heldout_fraction < 1 or not self.lowpass_hz > 0:
+            raise ConfigError(f"protocol.alpha and protocol.heldout_fraction must be in (0, 1) and protocol.lowpass_hz "
+                              f"> 0, got {self.alpha}, {self.heldout_fraction}, {self.lowpass_hz}")
+        window = self.prestimulus_window
+        if window is not None and not 0 <= window[0] < window[1]:
+            raise ConfigError(f"protocol.prestimulus_window must be [start, stop) with 0 <= start < stop, "
+                              f"got {list(window)}")
+        if self.heldout_classes is not None and len(set(self.heldout_classes)) != len(self.heldout_classes):
+            raise ConfigError(f"protocol.heldout_classes lists a class twice: {self.heldout_classes}")
+        if not 0 <= self.min_train_margin < 1 or (self.control_steps is not None and self.control_steps < 1):
+            raise ConfigError(f"protocol.min_train_margin must be in [0, 1) and protocol.control_steps >= 1 (or null), "
+                              f"got {self.min_train_margin}, {self.control_steps}")
+
 
 @dataclass
 class Config:
@@ -267,83 +354,13 @@ class Config:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
     def validate(self) -> Config:
-        """Cross-field checks that the per-field types cannot express."""
-        d, s = self.data, self.synth
-        if not d.root.strip():
-            raise ConfigError("data.root is empty: set it to a corpus directory (manifest.parquet + shards/); create one "
-                              "with `eeg2im synth --out DIR` or `eeg2im convert ... --out DIR`, or name a new directory "
-                              "and keep data.synthesize: true")
-        positive = {
-            "data.batch_size": d.batch_size, "data.image_size": d.image_size,
-            "synth.num_samples": s.num_samples, "synth.num_classes": s.num_classes,
-            "synth.num_subjects": s.num_subjects, "synth.samples_per_shard": s.samples_per_shard,
-            "synth.image_size": s.image_size, "synth.channels": s.channels,
-            "synth.time_points": s.time_points, "synth.sessions_per_subject": s.sessions_per_subject,
-            "synth.workers": s.workers, "data.shuffle_buffer": d.shuffle_buffer,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key} must be >= 1, got {value}")
-        if d.num_workers < 0 or d.samples_per_epoch < 0:
-            raise ConfigError("data.num_workers and data.samples_per_epoch must be >= 0")
-        if d.eeg_window is not None and not 0 <= d.eeg_window[0] < d.eeg_window[1]:
-            raise ConfigError(f"data.eeg_window must be [start, stop) with 0 <= start < stop, got {list(d.eeg_window)}")
-        try:
-            parse_scheme(d.split_by)
-        except ValueError as exc:
-            raise ConfigError(f"data.split_by: {exc}") from None
-        if d.classes is not None and (len(d.classes) < 2 or len(set(d.classes)) != len(d.classes)):
-            raise ConfigError(f"data.classes must list at least two distinct class names, got {d.classes}")
-        if d.bandpass is not None and not 0 <= d.bandpass[0] < d.bandpass[1]:
-            raise ConfigError(f"data.bandpass must be [low, high] Hz with 0 <= low < high, got {list(d.bandpass)}")
-        if abs(sum(s.split_fractions) - 1.0) > 1e-6 or min(s.split_fractions) < 0:
-            raise ConfigError(f"synth.split_fractions must be three non-negative numbers summing to 1, got {list(s.split_fractions)}")
-        if s.channels > 128:
-            raise ConfigError(f"synth.channels is at most 128 (the montage has 128 electrodes), got {s.channels}")
-        if s.sfreq <= 2 * s.line_freq:
-            raise ConfigError(f"synth.sfreq ({s.sfreq}) must exceed twice synth.line_freq ({s.line_freq})")
-        t = self.train
-        counts = {"train.grad_accum": t.grad_accum, "train.checkpoint_every": t.checkpoint_every,
-                  "train.keep_checkpoints": t.keep_checkpoints, "train.log_every": t.log_every,
-                  "train.collective_timeout_s": t.collective_timeout_s,
-                  **{f"train.{name}.steps": t.stage_config(name).steps for name in STAGES}}
-        for key, value in counts.items():
-            if value < 1:
-                raise ConfigError(f"{key} must be >= 1, got {value}")
-        if t.halt_after < 0 or any(t.stage_config(name).warmup_steps < 0 for name in STAGES):
-            raise ConfigError("train.halt_after and train.<stage>.warmup_steps must be >= 0 (0: off)")
-        for name in STAGES:
-            if not t.stage_config(name).lr > 0:
-                raise ConfigError(f"train.{name}.lr must be > 0, got {t.stage_config(name).lr}")
-        m = self.model.diffusion
-        if len(m.attention_levels) != len(m.block_channels):
-            raise ConfigError(f"model.diffusion.attention_levels needs one entry per block_channels level "
-                              f"({len(m.block_channels)}), got {len(m.attention_levels)}")
-        if not 0 < m.x0_dynamic_ratio < 1 or not m.x0_dynamic_max >= 1:
-            raise ConfigError(f"model.diffusion.x0_dynamic_ratio must be in (0, 1) and x0_dynamic_max >= 1, got "
-                              f"{m.x0_dynamic_ratio}, {m.x0_dynamic_max}")
-        if not 0 <= m.cond_dropout < 1:
-            raise ConfigError(f"model.diffusion.cond_dropout must be in [0, 1), got {m.cond_dropout}")
-        tn = self.tune
-        if not (tn.samplers and tn.sample_steps and tn.guidance_scales):
-            raise ConfigError("tune.samplers, tune.sample_steps and tune.guidance_scales must each list at least one value")
-        if min(tn.sample_steps) < 1 or min(tn.guidance_scales) < 0 or tn.max_trials < 0:
-            raise ConfigError(f"tune.sample_steps must be >= 1, tune.guidance_scales >= 0 and tune.max_trials >= 0, "
-                              f"got {tn.sample_steps}, {tn.guidance_scales}, {tn.max_trials}")
-        if tn.metric in ("fid", "kid", "inception_score") and not self.eval.inception_metrics:
-            raise ConfigError(f"tune.metric={tn.metric} needs eval.inception_metrics=true")
-        p = self.protocol
-        if not 0 < p.alpha < 1 or not 0 < p.heldout_fraction < 1 or not p.lowpass_hz > 0:
-            raise ConfigError(f"protocol.alpha and protocol.heldout_fraction must be in (0, 1) and protocol.lowpass_hz "
-                              f"> 0, got {p.alpha}, {p.heldout_fraction}, {p.lowpass_hz}")
-        if p.prestimulus_window is not None and not 0 <= p.prestimulus_window[0] < p.prestimulus_window[1]:
-            raise ConfigError(f"protocol.prestimulus_window must be [start, stop) with 0 <= start < stop, "
-                              f"got {list(p.prestimulus_window)}")
-        if p.heldout_classes is not None and len(set(p.heldout_classes)) != len(p.heldout_classes):
-            raise ConfigError(f"protocol.heldout_classes lists a class twice: {p.heldout_classes}")
-        if not 0 <= p.min_train_margin < 1 or (p.control_steps is not None and p.control_steps < 1):
-            raise ConfigError(f"protocol.min_train_margin must be in [0, 1) and protocol.control_steps >= 1 (or null), "
-                              f"got {p.min_train_margin}, {p.control_steps}")
+        """Cross-field checks that the per-field types cannot express, section by section."""
+        self.data.check()
+        self.synth.check()
+        self.train.check()
+        self.model.diffusion.check()
+        self.tune.check(self.eval.inception_metrics)
+        self.protocol.check()
         return self
 
 

@@ -123,3 +123,17 @@ def test_readme_ablation_section_only_when_its_file_exists_and_flags_quick_mode(
     data["mode"] = "full"
     (tmp_path / "ablation.json").write_text(json.dumps(data))
     assert "Smoke-test" not in render_readme.render(tmp_path)
+
+
+def test_readme_layout_and_architecture_name_every_package():
+    """The map matches the tree: each package of eeg2im_scale/ has its line in the README's Layout
+    and its place in docs/architecture.md."""
+    repo = Path(__file__).resolve().parent.parent
+    readme = (repo / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    architecture = (repo / "docs" / "architecture.md").read_text()
+    packages = sorted(p.name for p in (repo / "eeg2im_scale").iterdir() if (p / "__init__.py").is_file())
+    assert {"data", "models", "train", "eval", "protocols", "bench", "cli"} <= set(packages)
+    for name in packages:
+        assert f"eeg2im_scale/{name}/" in layout, f"README Layout lacks eeg2im_scale/{name}/"
+        assert f"{name}/" in architecture, f"docs/architecture.md lacks {name}/"

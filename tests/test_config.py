@@ -32,8 +32,8 @@ def test_shipped_configs_load_and_build_their_models(path):
     class_names = cfg.data.classes or [str(c) for c in range(classes)]
     info = {"channel_names": [f"E{i}" for i in range(channels)], "time_points": time_points,
             "sfreq": sfreq, "class_names": class_names}
-    geo = Geometry(cfg, info)
-    build_highlevel(cfg, geo), build_lowlevel(cfg, geo), build_unet(cfg, geo)
+    geo = Geometry(cfg.data, info)
+    build_highlevel(cfg.model, geo), build_lowlevel(cfg.model, geo), build_unet(cfg.model, geo)
 
 
 def test_defaults_are_a_valid_config():

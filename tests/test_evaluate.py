@@ -14,7 +14,7 @@ import pytest
 from eeg2im_scale.cli.main import main as cli_main
 from eeg2im_scale.config import load_config
 from eeg2im_scale.data.corpus import write_synthetic
-from eeg2im_scale.train.run import main as train_main
+from eeg2im_scale.train.command import main as train_main
 
 CONFIG = "tests/configs/tiny_train.yaml"
 EVAL = ["eval.random_inception=true", "eval.images_per_trial=2", "eval.batch_size=4", "eval.sample_steps=2",

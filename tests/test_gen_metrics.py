@@ -167,12 +167,13 @@ def _metric_values(records, class_images=None, **eval_overrides):
 
     from eeg2im_scale.config import load_config
     from eeg2im_scale.eval.evaluator import _summarise
+    from eeg2im_scale.eval.selection import SamplerSettings
 
     cfg = load_config(None, ["eval.images_per_trial=2", "eval.is_splits=4", "eval.kid_subsets=20",
                              "eval.kid_subset_size=15", "eval.n_way=3",
                              *(f"eval.{k}={v}" for k, v in eval_overrides.items())])
     pipeline = SimpleNamespace(corpus={"class_names": ["a", "b", "c", "d"]})
-    out = _summarise(cfg, pipeline, records, class_images, "ddim", 4, 3.0)
+    out = _summarise(cfg.eval, cfg.data.split_by, pipeline, records, class_images, SamplerSettings("ddim", 4, 3.0))
     return {name: entry["value"] for name, entry in out["metrics"].items()}, out["protocol"]
 
 

@@ -250,10 +250,23 @@ def test_attention_backend_selection(monkeypatch, caplog):
 
 
 def test_apply_attention_backend_sets_sdpa_processors():
-    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+    from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
     unet = film_unet()
-    assert apply_attention_backend(unet, "sdpa") > 0
+    for layer in (m for m in unet.modules() if isinstance(m, Attention)):
+        layer.set_processor(AttnProcessor())  # start from the naive processor: the switch must be seen
+    assert apply_attention_backend(unet.unet, "sdpa") > 0
     assert all(isinstance(m.processor, AttnProcessor2_0) for m in unet.modules() if isinstance(m, Attention))
+
+
+def test_xformers_is_decided_by_the_device_the_unet_runs_on(monkeypatch):
+    """Models are built on the CPU and moved: on a machine with a GPU, building the UNet must not
+    decide xformers; running it on the CPU is the error, and it names the device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention_module, "_xformers_importable", lambda: (True, ""))
+    unet = FiLMUNet(DIFFUSION, IMAGE, COND, attention="xformers")
+    assert unet.attention_backend is None
+    with pytest.raises(AttentionBackendError, match="runs on cpu"):
+        unet(torch.randn(1, 3, IMAGE, IMAGE), torch.tensor([3]), torch.randn(1, COND))
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])
@@ -399,8 +412,8 @@ def test_condition_on_selects_the_features_that_reach_the_unet(condition_on):
     from eeg2im_scale.models.build import Geometry, build_highlevel, build_lowlevel, build_unet, condition
 
     cfg = load_config("tests/configs/tiny_train.yaml", [f"model.diffusion.condition_on={condition_on}"])
-    geo = Geometry.of_synth(cfg, ["a", "b", "c"])
-    high, low, unet = build_highlevel(cfg, geo), build_lowlevel(cfg, geo)[1], build_unet(cfg, geo)
+    geo = Geometry.of_synth(cfg.synth, cfg.data, ["a", "b", "c"])
+    high, low, unet = build_highlevel(cfg.model, geo), build_lowlevel(cfg.model, geo)[1], build_unet(cfg.model, geo)
     eeg = torch.randn(2, geo.n_chans, geo.n_times)
     cond = condition(high.eval(), low.eval(), eeg, condition_on)
     assert cond.shape == (2, unet.cond_dim)
@@ -416,10 +429,10 @@ def test_teacher_arch_sets_the_feature_width_the_highlevel_encoder_projects_to(a
     from eeg2im_scale.models.build import Geometry, build_highlevel, build_teacher_model
 
     cfg = load_config("tests/configs/tiny_train.yaml", [f"model.teacher.arch={arch}"])
-    geo = Geometry.of_synth(cfg, ["a", "b", "c"])
-    logits, features = build_teacher_model(cfg, geo)(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
+    geo = Geometry.of_synth(cfg.synth, cfg.data, ["a", "b", "c"])
+    logits, features = build_teacher_model(cfg.model, geo)(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
     assert logits.shape == (2, 3) and features.shape == (2, width)
-    assert build_highlevel(cfg, geo).teacher_projection.out_features == width
+    assert build_highlevel(cfg.model, geo).teacher_projection.out_features == width
 
 
 def test_pretrained_resnet18_is_looked_up_under_its_own_name(empty_hub):

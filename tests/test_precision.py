@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eeg2im_scale.config import Config, DiffusionConfig, HighLevelConfig, LowLevelConfig, ModelConfig
+from eeg2im_scale.config import DiffusionConfig, HighLevelConfig, LowLevelConfig, ModelConfig
 from eeg2im_scale.models import FiLMUNet, HighLevelEncoder, LowLevelEncoder, make_train_scheduler, to_unit_range
 from eeg2im_scale.models.precision import cast_for_training
 from eeg2im_scale.train import stages
@@ -25,11 +25,10 @@ def diffusion_module(dtype: torch.dtype) -> DiffusionModule:
     model = ModelConfig(highlevel=HighLevelConfig(embed_dim=8), lowlevel=LowLevelConfig(latent_dim=4),
                         diffusion=DiffusionConfig(block_channels=(16, 16), attention_levels=(False, False),
                                                   layers_per_block=1, num_train_timesteps=STEPS))
-    cfg = Config(model=model)
     high = HighLevelEncoder(model.highlevel, CHANS, TIMES, SFREQ, 3, teacher_dim=8).eval().requires_grad_(False)
     low = LowLevelEncoder(model.lowlevel, CHANS, TIMES, SFREQ).eval().requires_grad_(False)
     unet = FiLMUNet(model.diffusion, IMAGE, 12, "auto")
-    return cast_for_training(DiffusionModule(unet, high, low, cfg, dtype), dtype)
+    return cast_for_training(DiffusionModule(unet, high, low, model.diffusion, dtype), dtype)
 
 
 def batch(n: int) -> dict:

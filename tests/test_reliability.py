@@ -32,7 +32,7 @@ from eeg2im_scale.config import load_config
 from eeg2im_scale.data.corpus import write_synthetic
 from eeg2im_scale.data.loader import EEGImageLoader
 from eeg2im_scale.train import checkpoint
-from eeg2im_scale.train.run import main as train_main
+from eeg2im_scale.train.command import main as train_main
 
 STAGE = "lowlevel"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -228,7 +228,7 @@ def torn_save(corpus, tmp_path_factory):
     args = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "launchers/train.py", "--config", CONFIG,
             f"run_dir={run_dir}", *overrides(corpus, *TORN_RUN)]
     result = subprocess.run(args, check=False, capture_output=True, text=True, timeout=600,
-                            env={**ENV, "EEG2IM_TEST_KILL_BEFORE_COMMIT": "6"})
+                            env={**ENV, "EEG2IM_FAULT_KILL_BEFORE_COMMIT": "6"})
     assert result.returncode != 0 and "SIGKILL" in result.stdout + result.stderr, result.stderr[-3000:]
     shutil.copytree(run_dir, base / "other_world")
     shutil.copytree(run_dir, base / "damaged")

@@ -14,7 +14,7 @@ from eeg2im_scale.config import STAGES, load_config
 from eeg2im_scale.data.corpus import write_synthetic
 from eeg2im_scale.eval.report import main as report_main
 from eeg2im_scale.eval.report import write_report
-from eeg2im_scale.train.run import main as train_main
+from eeg2im_scale.train.command import main as train_main
 
 CONFIG = "tests/configs/tiny_train.yaml"
 EVAL = ["eval.random_inception=true", "eval.max_trials=8", "eval.images_per_trial=2", "eval.batch_size=4",

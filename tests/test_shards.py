@@ -62,7 +62,7 @@ def _encoded(image: np.ndarray, mode: str, fmt: str, **options) -> bytes:
 
 def test_image_decoding_gives_pils_pixels():
     """The loader decodes with torchvision (faster); every stored form must give what PIL gives."""
-    assert format_module._DECODE_OP is not None, "torchvision's image op is missing: PIL decodes every image"
+    assert format_module.torchvision_decoder() is not None, "torchvision's image op is missing: PIL decodes every image"
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 255, 48)
     smooth = np.stack([np.add.outer(ramp, ramp) / 2, np.outer(ramp, ramp) / 255, ramp[None].repeat(48, 0)], -1)

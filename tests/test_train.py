@@ -17,7 +17,7 @@ from eeg2im_scale.config import STAGES, load_config
 from eeg2im_scale.data.corpus import write_synthetic
 from eeg2im_scale.data.manifest import Manifest
 from eeg2im_scale.models.pipeline import EEG2IMPipeline
-from eeg2im_scale.train.run import main as train_main
+from eeg2im_scale.train.command import main as train_main
 
 CONFIG = "tests/configs/tiny_train.yaml"
 BIN = Path(sys.executable).parent

@@ -100,9 +100,9 @@ def release(tmp_path_factory):
     write_synthetic(cfg.synth, cfg.data.root)
     from eeg2im_scale.data.manifest import Manifest
 
-    geo = Geometry(cfg, Manifest.for_data(cfg.data).info)
-    modules = {"highlevel": ("encoder.", build_highlevel(cfg, geo)), "lowlevel": ("encoder.", build_lowlevel(cfg, geo)[1]),
-               "diffusion": ("ema.unet.", build_unet(cfg, geo)),
+    geo = Geometry(cfg.data, Manifest.for_data(cfg.data).info)
+    modules = {"highlevel": ("encoder.", build_highlevel(cfg.model, geo)), "lowlevel": ("encoder.", build_lowlevel(cfg.model, geo)[1]),
+               "diffusion": ("ema.unet.", build_unet(cfg.model, geo)),
                "teacher": ("teacher.", Teacher(cfg.model.teacher, geo.num_classes))}
     for stage, (prefix, module) in modules.items():
         stage_weights(cfg, stage).parent.mkdir(parents=True)

@@ -55,11 +55,11 @@ def stage_parameter_counts(config_path: str) -> dict[str, int]:
     from ..models.build import Geometry, build_highlevel, build_lowlevel, build_teacher_model, build_unet
 
     cfg = load_config(config_path)
-    geo = Geometry.of_synth(cfg)
-    autoencoder, low = build_lowlevel(cfg, geo)
+    geo = Geometry.of_synth(cfg.synth, cfg.data)
+    autoencoder, low = build_lowlevel(cfg.model, geo)
     count = lambda *modules: sum(p.numel() for m in modules for p in m.parameters())  # noqa: E731
-    return {"teacher": count(build_teacher_model(cfg, geo)), "lowlevel": count(autoencoder, low),
-            "highlevel": count(build_highlevel(cfg, geo)), "diffusion": count(build_unet(cfg, geo))}
+    return {"teacher": count(build_teacher_model(cfg.model, geo)), "lowlevel": count(autoencoder, low),
+            "highlevel": count(build_highlevel(cfg.model, geo)), "diffusion": count(build_unet(cfg.model, geo))}
 
 
 def main(argv: list[str] | None = None) -> int:

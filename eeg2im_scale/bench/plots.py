@@ -20,9 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after the backend is chosen
 
+from ..config import STAGES
 from .summaries import cost_growth
 
-STAGES = ("teacher", "lowlevel", "highlevel", "diffusion")
 MISSING = (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError)
 
 Panel = tuple[str, Callable[[plt.Axes, dict], None]]

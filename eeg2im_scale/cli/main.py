@@ -24,6 +24,7 @@ from ..config import ConfigError, Sampler, SynthConfig, dump_config, given_keys,
 from ..eval.report import add_arguments as report_args
 from ..eval.report import cmd_report
 from ..protocols import PROTOCOLS
+from ..train import command as train_command
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -166,14 +167,6 @@ def cmd_stream(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from ..train.run import run
-
-    cfg = args.cfg
-    run(cfg, resume=args.resume)
-    return 0
-
-
 def cmd_generate(args) -> int:
     """EEG trial(s) → PNG images with a released model directory."""
     from PIL import Image
@@ -281,10 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream = sub.add_parser("stream", help="stream one epoch of a split and print throughput")
     _add_config_args(stream)
     stream.add_argument("--split", default="train", choices=["train", "val", "test"])
-    train = sub.add_parser("train", help="train EEG2IM stages (single process; use launchers/train.py under "
-                                         "deepspeed/torchrun for several ranks)")
-    _add_config_args(train)
-    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoints")
+    train_command.add_arguments(sub.add_parser("train", help="train EEG2IM stages (single process; use "
+                                                             "launchers/train.py under deepspeed/torchrun for several "
+                                                             "ranks)"))
     evaluate = sub.add_parser("evaluate", help="accuracy, IS, FID, KID and fine-grained fidelity of a released "
                                                "model (several processes: accelerate launch launchers/evaluate.py)")
     _add_config_args(evaluate)
@@ -358,7 +350,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-COMMANDS = {"synth": cmd_synth, "stream": cmd_stream, "train": cmd_train, "generate": cmd_generate,
+COMMANDS = {"synth": cmd_synth, "stream": cmd_stream, "train": train_command.execute, "generate": cmd_generate,
             "preview": cmd_preview, "evaluate": cmd_evaluate, "tune": cmd_tune, "convert": cmd_convert,
             "report": cmd_report, "protocol": cmd_protocol, "export-trial": cmd_export_trial}
 
@@ -368,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if hasattr(args, "overrides"):  # the commands that take --config, overrides and --dry-run
+        if hasattr(args, "overrides") and args.command != "train":  # train has its own error policy
             args.cfg = load_config(args.config, args.overrides)
             if args.dry_run and args.command != "protocol":  # a protocol's dry run prints its plan
                 print(dump_config(args.cfg))

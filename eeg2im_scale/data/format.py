@@ -8,6 +8,7 @@ table. Every decoding problem becomes a :class:`SampleError` naming shard, key a
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -132,11 +133,11 @@ def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     return shape, fortran_order, dtype
 
 
-def _torchvision_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """torchvision's image-decoding op (to RGB), called without its Python wrapper: since
-    torchvision 0.29 the wrapper issues a DeprecationWarning on every call, which cost 5 µs per
-    sample and, under ``-W error``, made every image undecodable. None where the op or its
-    module is missing (PIL decodes)."""
+@functools.cache
+def torchvision_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """torchvision's image-decoding op (to RGB), called without its Python wrapper (a private
+    API: why, and what it saves, in docs/performance.md "Private APIs"). None where the op or its
+    module is missing (PIL decodes). Looked up on first use, not at import."""
     try:
         import torchvision.io
 
@@ -146,19 +147,18 @@ def _torchvision_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
     return lambda data: op(data, rgb, False)
 
 
-_DECODE_OP = _torchvision_decoder()
-
-
 def decode_image(data: bytes | bytearray) -> np.ndarray:
     """PNG/JPEG bytes → uint8 RGB, H × W × 3.
 
     torchvision's decoders (libpng, libjpeg-turbo) give PIL's pixels — checked for 8-bit PNG in
-    every colour mode and for JPEG — in half the time (21 vs 46 µs at 64²), the largest single
-    cost of decoding a sample. What they refuse, or return in another bit depth, goes through PIL."""
-    if _DECODE_OP is not None:
+    every colour mode and for JPEG — faster than PIL, on the largest single cost of decoding a
+    sample (docs/performance.md). What they refuse, or return in another bit depth, goes through
+    PIL."""
+    decode_op = torchvision_decoder()
+    if decode_op is not None:
         buffer = data if isinstance(data, bytearray) else bytearray(data)  # torch wants a writable buffer
         try:
-            image = _DECODE_OP(torch.frombuffer(buffer, dtype=torch.uint8))
+            image = decode_op(torch.frombuffer(buffer, dtype=torch.uint8))
             if image.dtype == torch.uint8:
                 return image.permute(1, 2, 0).numpy()
         except (RuntimeError, ValueError):

@@ -196,8 +196,8 @@ class SlotPool:
     Why: a worker's batch has to live in shared memory to reach the training process, and a
     fresh segment per batch cost the worker more than decoding it. Torch's shared allocation
     zero-fills the whole segment (``posix_fallocate`` on tmpfs) and every page then faults again
-    on its first write: on the CI VM about 170 µs per sample more for the 225 KB of EEG of the
-    benchmark corpus, against ~150 µs of decoding. A recycled buffer's pages are already there.
+    on its first write; a recycled buffer's pages are already there (docs/performance.md, "Loader
+    workers").
 
     ``flags`` (shared with the training process, one byte per buffer) is set here when a buffer
     is taken and cleared there once no tensor views the batch any more (or once pinning copied
@@ -316,7 +316,8 @@ def _release_slot(flags: np.ndarray, worker: int, slot: int) -> None:
 
 def _as_built(batch: dict) -> dict:
     """The DataLoader's ``collate_fn``: batches leave :class:`BatchBuilder` finished, and the
-    default (``default_convert``) walked every list of every batch again: 2 µs per sample, 1 %."""
+    default (``default_convert``) walks every list of every batch again (its cost:
+    docs/performance.md "Measured choices in the code")."""
     return batch
 
 

@@ -25,7 +25,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, EvalConfig
 from ..data.loader import EEGImageLoader
 from ..models.autoencoder import from_unit_range
 from ..models.pipeline import EEG2IMPipeline, model_card
@@ -33,7 +33,7 @@ from ..models.sampling import sample
 from . import fidelity
 from .gen_metrics import FeatureStats, fid_from_stats, inception_score, kid
 from .inception import extract, load_fid_inception, random_fid_inception
-from .selection import check_corpus, read_selection, release_data, sampler_settings
+from .selection import SamplerSettings, check_corpus, read_selection, release_data, sampler_settings
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,15 @@ DEFINITIONS = {
 }
 
 
-def _inception(cfg: Config, device: torch.device):
-    if not cfg.eval.inception_metrics:
+def _inception(eval_cfg: EvalConfig, device: torch.device):
+    if not eval_cfg.inception_metrics:
         log.info("eval.inception_metrics=false: IS, FID and KID are skipped")
         return None
-    if cfg.eval.random_inception:
+    if eval_cfg.random_inception:
         log.warning("eval.random_inception: FID/IS/KID use a RANDOMLY INITIALISED Inception (tests only); "
                     "the numbers are not comparable to published ones")
-        return random_fid_inception(device, seed=cfg.eval.seed)
-    return load_fid_inception(cfg.eval.inception_weights, device)
+        return random_fid_inception(device, seed=eval_cfg.seed)
+    return load_fid_inception(eval_cfg.inception_weights, device)
 
 
 def _generators(keys: list[str], per_trial: int, seed: int, device: torch.device) -> list[torch.Generator]:
@@ -91,16 +91,16 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
     state = PartialState()
     device = state.device
     pipeline = EEG2IMPipeline(model_dir, device=device)
-    inception = _inception(cfg, device)
-    e, d = cfg.eval, pipeline.cfg.model.diffusion
-    sampler, steps, guidance, selection = sampler_settings(e, d, read_selection(model_dir))
+    eval_cfg = cfg.eval
+    inception = _inception(eval_cfg, device)
+    settings, selection = sampler_settings(eval_cfg, pipeline.cfg.model.diffusion, read_selection(model_dir))
     data_cfg = replace(release_data(cfg.data, pipeline.corpus, pipeline.dir / "corpus.json", given),
-                       batch_size=e.batch_size, image_size=pipeline.corpus["image_size"])
-    cfg = replace(cfg, data=data_cfg)
-    loader = EEGImageLoader(data_cfg, e.split, train=False, rank=state.process_index, world_size=state.num_processes,
+                       batch_size=eval_cfg.batch_size, image_size=pipeline.corpus["image_size"])
+    loader = EEGImageLoader(data_cfg, eval_cfg.split, train=False, rank=state.process_index,
+                            world_size=state.num_processes,
                             preprocess=pipeline.preprocess)  # the release's window, band-pass and z-score statistics
     check_corpus(loader.manifest, pipeline.corpus, pipeline.dir / "corpus.json")
-    selected, grid_keys, split_trials = _selected_keys(loader, e.max_trials, e.grid_trials)
+    selected, grid_keys, split_trials = _selected_keys(loader, eval_cfg.max_trials, eval_cfg.grid_trials)
     records, grid = [], {}
     with torch.no_grad():
         for batch in tqdm(loader, desc="evaluating", unit="batch", disable=None if state.is_main_process else True):
@@ -108,15 +108,16 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
             if not keep:
                 continue
             batch = {k: (v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in keep]) for k, v in batch.items()}
-            records += _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, device, grid,
-                                       grid_keys)
+            generated = _generate(pipeline, batch["eeg"].to(device), batch["key"], eval_cfg, settings)
+            records += _trial_records(pipeline, inception, batch, generated, eval_cfg.images_per_trial)
+            grid.update(_grid_rows(batch, generated, eval_cfg.images_per_trial, grid_keys))
         records = gather_object(records)
         reference = None
-        if inception is not None and e.reference == "class_images":
+        if inception is not None and eval_cfg.reference == "class_images":
             classes = {r["label"] for r in records}
             reference = _class_reference(inception, data_cfg, classes, state)
     grid_items = gather_object(list(grid.items()))
-    metrics = _summarise(cfg, pipeline, records, reference, sampler, steps, guidance)
+    metrics = _summarise(eval_cfg, data_cfg.split_by, pipeline, records, reference, settings)
     partial = len(selected) < split_trials
     metrics["protocol"].update(model_selection=selection, split_trials=split_trials, partial=partial)
     if write and state.is_main_process:
@@ -128,8 +129,8 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
         _write_grid(out / "grid.png", dict(grid_items), pipeline.corpus["class_names"])
         if partial:
             log.warning("partial evaluation: %d of the %s split's %d trials (eval.max_trials=%d)", len(selected),
-                        e.split, split_trials, e.max_trials)
-        why_not = card_unchanged_because(e, partial, out, release_eval)
+                        eval_cfg.split, split_trials, eval_cfg.max_trials)
+        why_not = card_unchanged_because(eval_cfg, partial, out, release_eval)
         if why_not:
             log.info("model card of %s left unchanged: %s", model_dir, why_not)
         else:
@@ -139,15 +140,15 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
     return metrics
 
 
-def card_unchanged_because(e, partial: bool, out: Path, release_eval: Path) -> str | None:
+def card_unchanged_because(eval_cfg: EvalConfig, partial: bool, out: Path, release_eval: Path) -> str | None:
     """Why this evaluation must not rewrite the release's model card, or None: only a complete evaluation
     with real networks, written into the release's own eval folder, speaks for the release."""
     if partial:
         return "a partial evaluation (eval.max_trials)"
-    if e.inception_metrics and e.random_inception:
+    if eval_cfg.inception_metrics and eval_cfg.random_inception:
         return "a random-weight Inception (eval.random_inception, tests only)"
-    if e.split != "test":
-        return f"an evaluation of the {e.split} split"
+    if eval_cfg.split != "test":
+        return f"an evaluation of the {eval_cfg.split} split"
     if out.resolve() != release_eval.resolve():
         return f"written to {out}, not the release's own {release_eval}"
     return None
@@ -188,21 +189,19 @@ def _selected_keys(loader: EEGImageLoader, max_trials: int, grid_trials: int) ->
     return {key for key, _ in rows}, set(sorted(first_of_image.values())[:grid_trials]), split_trials
 
 
-def _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, device, grid, grid_keys) -> list[dict]:
-    """One record per trial, carrying its own rows of every per-image array, so that sorting the
-    gathered records keeps each trial's features, logits and fidelity values together."""
-    eeg = batch["eeg"].to(device)
-    real = batch["image"].to(device)
-    n = e.images_per_trial
-    eeg_logits = pipeline.highlevel(eeg)["logits"]
+def _generate(pipeline, eeg: torch.Tensor, keys: list[str], eval_cfg: EvalConfig,
+              settings: SamplerSettings) -> torch.Tensor:
+    """``eval.images_per_trial`` uint8 images per trial, trial-major, each from its own seeded generator."""
+    n = eval_cfg.images_per_trial
     cond = pipeline.condition(eeg).repeat_interleave(n, dim=0)
-    generators = _generators(batch["key"], n, e.seed, device)
-    generated = from_unit_range(sample(pipeline.unet, cond, sampler, steps, guidance, real.shape[-1], generators))
-    if inception is not None:  # float32 rows: the network's own precision, half the memory of float64
-        real_feat = extract(inception, real)[0].float().cpu().numpy()
-        fake_feat, fake_logit = (x.float().cpu().numpy() for x in extract(inception, generated))
-    teacher_logits, _ = pipeline.teacher(generated)
-    real_teacher_logits, _ = pipeline.teacher(real)
+    generators = _generators(keys, n, eval_cfg.seed, eeg.device)
+    return from_unit_range(sample(pipeline.unet, cond, settings.sampler, settings.steps, settings.guidance,
+                                  pipeline.corpus["image_size"], generators))
+
+
+def _pair_fidelity(pipeline, batch: dict, generated: torch.Tensor, real: torch.Tensor,
+                   n: int) -> dict[str, torch.Tensor]:
+    """Per generated image, its fidelity to its own trial's stimulus (and recorded attributes)."""
     real_repeated = real.repeat_interleave(n, dim=0)
     pair = {
         "hist_intersection": fidelity.histogram_intersection(fidelity.hsv_histograms(generated),
@@ -213,10 +212,25 @@ def _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, dev
     }
     if "attributes" in batch:
         names = pipeline.corpus.get("attribute_names") or []
-        attrs = {name: batch["attributes"][:, i].repeat_interleave(n).to(device) for i, name in enumerate(names)}
+        attrs = {name: batch["attributes"][:, i].repeat_interleave(n).to(generated.device)
+                 for i, name in enumerate(names)}
         if {"hue", "saturation", "brightness"} <= set(attrs):
             errors = fidelity.attribute_errors(generated, attrs)
             pair.update({f"{k}_error": v for k, v in errors.items()})
+    return pair
+
+
+def _trial_records(pipeline, inception, batch: dict, generated: torch.Tensor, n: int) -> list[dict]:
+    """One record per trial, carrying its own rows of every per-image array, so that sorting the
+    gathered records keeps each trial's features, logits and fidelity values together."""
+    real = batch["image"].to(generated.device)
+    if inception is not None:  # float32 rows: the network's own precision, half the memory of float64
+        real_feat = extract(inception, real)[0].float().cpu().numpy()
+        fake_feat, fake_logit = (x.float().cpu().numpy() for x in extract(inception, generated))
+    eeg_logits = pipeline.highlevel(batch["eeg"].to(generated.device))["logits"]
+    teacher_logits, _ = pipeline.teacher(generated)
+    real_teacher_logits, _ = pipeline.teacher(real)
+    pair = _pair_fidelity(pipeline, batch, generated, real, n)
     top5 = eeg_logits.topk(min(5, eeg_logits.shape[1]), dim=1).indices.cpu()
     records = []
     for i, key in enumerate(batch["key"]):
@@ -231,10 +245,14 @@ def _evaluate_batch(pipeline, inception, batch, e, sampler, steps, guidance, dev
         })
         if inception is not None:
             records[-1].update(fake_features=fake_feat[rows], fake_logits=fake_logit[rows], real_features=real_feat[i])
-        if key in grid_keys:
-            grid[key] = (batch["image"][i].permute(1, 2, 0).numpy(),
-                         generated[rows].permute(0, 2, 3, 1).cpu().numpy(), label)
     return records
+
+
+def _grid_rows(batch: dict, generated: torch.Tensor, n: int, grid_keys: set[str]) -> dict:
+    """The grid's rows among this batch's trials: key -> (true image, its generations, label)."""
+    return {key: (batch["image"][i].permute(1, 2, 0).numpy(),
+                  generated[i * n:(i + 1) * n].permute(0, 2, 3, 1).cpu().numpy(), int(batch["label"][i]))
+            for i, key in enumerate(batch["key"]) if key in grid_keys}
 
 
 def reference_features(records: list[dict], reference: dict[str, np.ndarray] | None) -> np.ndarray:
@@ -247,33 +265,33 @@ def reference_features(records: list[dict], reference: dict[str, np.ndarray] | N
     return np.stack([reference[image_id] for image_id in sorted(reference)]).astype(np.float64)
 
 
-def _summarise(cfg, pipeline, records, reference, sampler, steps, guidance) -> dict:
+def _summarise(eval_cfg: EvalConfig, split_by: str, pipeline, records: list[dict],
+               reference: dict[str, np.ndarray] | None, settings: SamplerSettings) -> dict:
     """Every metric from the gathered records, sorted by trial key first: nothing depends on which
     process evaluated which trial, or in which order the processes' rows were gathered."""
-    e = cfg.eval
     records = sorted(records, key=lambda r: r["key"])
     num_classes = len(pipeline.corpus["class_names"])
-    n_way = e.n_way or num_classes
-    labels = torch.tensor([r["label"] for r in records for _ in range(e.images_per_trial)])
+    n_way = eval_cfg.n_way or num_classes
+    labels = torch.tensor([r["label"] for r in records for _ in range(eval_cfg.images_per_trial)])
     teacher = torch.from_numpy(np.concatenate([r["teacher_logits"] for r in records]))
     real_teacher = torch.from_numpy(np.concatenate([r["real_teacher_logits"] for r in records]))
     real_labels = torch.tensor([r["label"] for r in records])
     values = {
         "eeg_top1": float(np.mean([r["eeg_top1"] for r in records])),
         "eeg_top5": float(np.mean([r["eeg_top5"] for r in records])),
-        "generated_n_way_top_k": fidelity.n_way_topk_accuracy(teacher, labels, n_way, e.top_k, trials=10, seed=e.seed),
-        "real_n_way_top_k": fidelity.n_way_topk_accuracy(real_teacher, real_labels, n_way, e.top_k, trials=10,
-                                                         seed=e.seed),
+        "generated_n_way_top_k": fidelity.n_way_topk_accuracy(teacher, labels, n_way, eval_cfg.top_k, trials=10, seed=eval_cfg.seed),
+        "real_n_way_top_k": fidelity.n_way_topk_accuracy(real_teacher, real_labels, n_way, eval_cfg.top_k, trials=10,
+                                                         seed=eval_cfg.seed),
     }
     real_images = len({r["image_id"] for r in records})
-    if e.inception_metrics:
+    if eval_cfg.inception_metrics:
         fake_features = np.concatenate([r["fake_features"] for r in records]).astype(np.float64)
         fake_logits = np.concatenate([r["fake_logits"] for r in records]).astype(np.float64)
         real_features = reference_features(records, reference)
         real_images = len(real_features)
-        is_mean, is_std = inception_score(torch.from_numpy(fake_logits), splits=e.is_splits)
+        is_mean, is_std = inception_score(torch.from_numpy(fake_logits), splits=eval_cfg.is_splits)
         kid_mean, kid_std = kid(torch.from_numpy(fake_features), torch.from_numpy(real_features),
-                                subsets=e.kid_subsets, subset_size=e.kid_subset_size, seed=e.seed)
+                                subsets=eval_cfg.kid_subsets, subset_size=eval_cfg.kid_subset_size, seed=eval_cfg.seed)
         dim = real_features.shape[1]
         fid = fid_from_stats(FeatureStats(dim).update(torch.from_numpy(real_features)),
                              FeatureStats(dim).update(torch.from_numpy(fake_features)))
@@ -286,16 +304,16 @@ def _summarise(cfg, pipeline, records, reference, sampler, steps, guidance) -> d
     return {
         "metrics": {name: {"value": value, "definition": DEFINITIONS.get(name, "")} for name, value in values.items()},
         "protocol": {
-            "split": e.split, "split_by": cfg.data.split_by, "trials": len(records),
-            "images_per_trial": e.images_per_trial, "generated_images": len(labels),
+            "split": eval_cfg.split, "split_by": split_by, "trials": len(records),
+            "images_per_trial": eval_cfg.images_per_trial, "generated_images": len(labels),
             "distinct_stimuli": len({r["image_id"] for r in records}), "real_images": real_images,
-            "reference": REFERENCES[e.reference] if e.inception_metrics else None,
-            "sampler": sampler, "sample_steps": steps,
-            "guidance_scale": guidance, "inception": _inception_protocol(e),
+            "reference": REFERENCES[eval_cfg.reference] if eval_cfg.inception_metrics else None,
+            "sampler": settings.sampler, "sample_steps": settings.steps,
+            "guidance_scale": settings.guidance, "inception": _inception_protocol(eval_cfg),
             "image_preprocessing": IMAGE_PREPROCESSING,
             "inception_input": "uint8 → 299×299 TF-compatible bilinear",
-            "n_way": n_way, "top_k": e.top_k,
-            "eval_config": asdict(e),
+            "n_way": n_way, "top_k": eval_cfg.top_k,
+            "eval_config": asdict(eval_cfg),
         },
     }
 
@@ -309,10 +327,10 @@ IMAGE_PREPROCESSING = ("real and generated images at the model's image_size; a n
                        "to a square, then resized (bicubic), as the corpus stores it for training")
 
 
-def _inception_protocol(e) -> str:
-    if not e.inception_metrics:
+def _inception_protocol(eval_cfg: EvalConfig) -> str:
+    if not eval_cfg.inception_metrics:
         return "none (eval.inception_metrics=false: no IS/FID/KID)"
-    return "random (tests only)" if e.random_inception else "FID Inception (TF 2015-12-05 weights)"
+    return "random (tests only)" if eval_cfg.random_inception else "FID Inception (TF 2015-12-05 weights)"
 
 
 def _write_per_subject(path: Path, records: list[dict]) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ..models.colour import bin_index, hue_histogram, rgb_to_hsv
 
@@ -57,35 +57,13 @@ def hue_emd(images_a: Tensor, images_b: Tensor, bins: int = 36) -> Tensor:
     return ((diff - shift).abs().sum(-1) / bins).float()
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-0.5 * (x / sigma) ** 2)
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
-
-
 def ssim(images_a: Tensor, images_b: Tensor) -> Tensor:
-    """Gaussian-window SSIM ``[B]`` (11x11, sigma 1.5, K1 0.01, K2 0.03, data range 255), mean
-    over pixels and RGB channels.
-
-    Follows torchmetrics' ``structural_similarity_index_measure`` exactly, including its
-    convention of reflect-padding by 5 px and averaging the full-size SSIM map (skimage instead
-    averages only the valid interior), so numbers are comparable with papers that use it.
-    Needs H, W >= 6 (reflect padding).
-    """
-    a, b = images_a.double(), images_b.double()
-    channels = a.shape[1]
-    window = _gaussian_window().to(a.device).expand(channels, 1, 11, 11)
-    pad = (5, 5, 5, 5)
-    stack = torch.cat((a, b, a * a, b * b, a * b))
-    stats = F.conv2d(F.pad(stack, pad, mode="reflect"), window, groups=channels).split(a.shape[0])
-    mu_a, mu_b, e_aa, e_bb, e_ab = stats
-    var_a = (e_aa - mu_a ** 2).clamp_min(0)
-    var_b = (e_bb - mu_b ** 2).clamp_min(0)
-    cov = e_ab - mu_a * mu_b
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    return ssim_map.flatten(1).mean(-1).float()
+    """SSIM ``[B]`` by torchmetrics' ``structural_similarity_index_measure``: Gaussian window
+    (11x11, sigma 1.5), K1 0.01, K2 0.03, data range 255, its reflect-padded full-size map averaged
+    over pixels and RGB channels (skimage averages only the valid interior), so numbers are
+    comparable with papers that use torchmetrics. Needs H, W >= 6 (reflect padding)."""
+    return structural_similarity_index_measure(images_a.double(), images_b.double(), data_range=255.0,
+                                               reduction="none").float()
 
 
 def pixel_correlation(images_a: Tensor, images_b: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import datetime
 import itertools
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import Config, ConfigError, DataConfig, DiffusionConfig, EvalConfig, TuneConfig
@@ -76,12 +76,24 @@ def read_selection(model_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def sampler_settings(e: EvalConfig, d: DiffusionConfig, selection: dict | None) -> tuple[str, int, float, dict | str]:
-    """(sampler, steps, guidance, provenance): explicit ``eval.*`` settings win, then the
-    release's selection on val, then the model's defaults; the provenance goes into metrics.json."""
-    explicit = {"sampler": e.sampler, "sample_steps": e.sample_steps, "guidance_scale": e.guidance_scale}
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How evaluation samples: what ``eeg2im tune`` selects."""
+
+    sampler: str
+    steps: int
+    guidance: float
+
+
+def sampler_settings(eval_cfg: EvalConfig, diffusion_cfg: DiffusionConfig,
+                     selection: dict | None) -> tuple[SamplerSettings, dict | str]:
+    """(settings, provenance): explicit ``eval.*`` settings win, then the release's selection on
+    val, then the model's defaults; the provenance goes into metrics.json."""
+    explicit = {"sampler": eval_cfg.sampler, "sample_steps": eval_cfg.sample_steps,
+                "guidance_scale": eval_cfg.guidance_scale}
     chosen = (selection or {}).get("selected", {})
-    defaults = {"sampler": d.sampler, "sample_steps": d.sample_steps, "guidance_scale": d.guidance_scale}
+    defaults = {"sampler": diffusion_cfg.sampler, "sample_steps": diffusion_cfg.sample_steps,
+                "guidance_scale": diffusion_cfg.guidance_scale}
     settings = {k: v if v is not None else chosen.get(k, defaults[k]) for k, v in explicit.items()}
     overridden = [f"eval.{k}" for k, v in explicit.items() if v is not None]
     if selection is None:
@@ -90,13 +102,13 @@ def sampler_settings(e: EvalConfig, d: DiffusionConfig, selection: dict | None) 
         provenance = {key: selection[key] for key in ("split", "criterion", "better", "trials", "date", "selected")}
         provenance["source"] = f"eeg2im tune ({SELECTION} of the release)"
         provenance["overridden_by"] = overridden  # explicit eval.* settings used instead of the selected ones
-    return settings["sampler"], settings["sample_steps"], settings["guidance_scale"], provenance
+    return SamplerSettings(settings["sampler"], settings["sample_steps"], settings["guidance_scale"]), provenance
 
 
-def candidates(t: TuneConfig) -> list[dict]:
+def candidates(tune_cfg: TuneConfig) -> list[dict]:
     """The sweep's grid, in a fixed order (ties go to the earliest candidate)."""
-    return [{"sampler": s, "sample_steps": n, "guidance_scale": g}
-            for s, n, g in itertools.product(t.samplers, t.sample_steps, t.guidance_scales)]
+    return [{"sampler": sampler, "sample_steps": steps, "guidance_scale": guidance} for sampler, steps, guidance
+            in itertools.product(tune_cfg.samplers, tune_cfg.sample_steps, tune_cfg.guidance_scales)]
 
 
 def best(scores: list[float], better: str) -> int:
@@ -116,10 +128,10 @@ def tune(cfg: Config, model_dir: str | Path, given: set[str] | None = None) -> d
     if cfg.eval.split != "val":
         raise ConfigError(f"eeg2im tune selects on the validation split only; eval.split={cfg.eval.split} is "
                           "refused (test is reported once, by eeg2im evaluate)")
-    t, metric = cfg.tune, cfg.tune.metric
-    grid, rows = candidates(t), []
+    metric = cfg.tune.metric
+    grid, rows = candidates(cfg.tune), []
     for i, settings in enumerate(grid):
-        run = replace(cfg, eval=replace(cfg.eval, max_trials=t.max_trials, **settings))
+        run = replace(cfg, eval=replace(cfg.eval, max_trials=cfg.tune.max_trials, **settings))
         metrics = evaluate(run, model_dir, given=given, write=False)
         values = {name: entry["value"] for name, entry in metrics["metrics"].items()}
         if metric not in values:

@@ -4,13 +4,13 @@ Every model is built from the dataclasses in :mod:`eeg2im_scale.config`; the obj
 functions in :mod:`eeg2im_scale.models.losses`. See ``docs/models.md``.
 """
 
-from eeg2im_scale.models.attention import AttentionBackendError, apply_attention_backend, select_attention_backend
-from eeg2im_scale.models.autoencoder import ImageAutoencoder, from_unit_range, to_unit_range
-from eeg2im_scale.models.eeg_encoders import BACKBONES, HighLevelEncoder, LowLevelEncoder, build_backbone
-from eeg2im_scale.models.film_unet import FiLMUNet
-from eeg2im_scale.models.sampling import (diffusion_training_target, guided_prediction, make_sampling_scheduler,
+from .attention import AttentionBackendError, apply_attention_backend, select_attention_backend
+from .autoencoder import ImageAutoencoder, from_unit_range, to_unit_range
+from .eeg_encoders import BACKBONES, HighLevelEncoder, LowLevelEncoder, build_backbone
+from .film_unet import FiLMUNet
+from .sampling import (diffusion_training_target, guided_prediction, make_sampling_scheduler,
                                           make_train_scheduler, sample)
-from eeg2im_scale.models.teacher import Teacher, WeightsNotFoundError, build_teacher
+from .teacher import Teacher, WeightsNotFoundError, build_teacher
 
 __all__ = [
     "AttentionBackendError", "apply_attention_backend", "select_attention_backend",

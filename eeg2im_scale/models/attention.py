@@ -1,20 +1,27 @@
 """Choosing the attention kernel for the diffusers UNet: PyTorch SDPA (the default) or xformers.
 
-xformers is imported only when it is asked about, so CPU-only installs (and the tests) never
-touch it.
+The switch itself is diffusers' own (``enable_xformers_memory_efficient_attention`` /
+``disable_xformers_memory_efficient_attention``, which installs the SDPA processors). xformers is
+imported only when it is asked about, so CPU-only installs (and the tests) never touch it.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import typing
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+
+from ..config import AttentionBackend
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "xformers", "sdpa")
+BACKENDS = typing.get_args(AttentionBackend)
 
 
 class AttentionBackendError(RuntimeError):
@@ -29,19 +36,16 @@ def _xformers_importable() -> tuple[bool, str]:
     return True, ""
 
 
-def select_attention_backend(requested: str, device: torch.device | str | None) -> str:
-    """``"xformers"`` or ``"sdpa"`` for ``requested`` (a ``model.attention`` value) on ``device``.
+def select_attention_backend(requested: str, device: torch.device | str) -> str:
+    """``"xformers"`` or ``"sdpa"`` for ``requested`` (a ``model.attention`` value) on ``device``,
+    the device the attention runs on (not the machine's: a CPU module on a GPU machine is CPU).
 
-    ``auto`` is PyTorch SDPA everywhere: on an H100 with torch 2.11 it trained the FiLM UNet 8 %
-    (64 px) and 14 % (128 px) faster than xformers 0.0.35, and 2.3x faster under torch.compile
-    (benchmarks/results/gpu_diffusion.json). xformers runs only when asked for by name; if it
-    cannot run that is an error rather than a silent fallback. ``device=None`` means the default
-    CUDA device when there is one (models are built on CPU, then moved).
+    ``auto`` is PyTorch SDPA everywhere, the faster backend measured (docs/performance.md).
+    xformers runs only when asked for by name; if it cannot run that is an error rather than a
+    silent fallback.
     """
     if requested not in BACKENDS:
         raise ValueError(f"model.attention must be one of {', '.join(BACKENDS)}, got {requested!r}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     on_cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
     if requested == "sdpa":
         backend, why = "sdpa", "requested"
@@ -61,17 +65,17 @@ def select_attention_backend(requested: str, device: torch.device | str | None) 
     return backend
 
 
-def apply_attention_backend(model: nn.Module, backend: str) -> int:
-    """Install the ``backend`` processor on every diffusers attention layer inside ``model``.
-
-    Returns the number of layers changed (0 for a UNet without attention).
-    """
-    from diffusers.models.attention_processor import Attention, AttnProcessor2_0, XFormersAttnProcessor
+def apply_attention_backend(model: ModelMixin, backend: str) -> int:
+    """Switch every attention layer of the diffusers model ``model`` to ``backend`` with diffusers'
+    own API. Returns the number of attention layers (0 for a UNet without attention)."""
+    from diffusers.models.attention_processor import Attention
 
     if backend not in ("xformers", "sdpa"):
         raise ValueError(f"attention backend must be 'xformers' or 'sdpa' (see select_attention_backend), got {backend!r}")
-    layers = [m for m in model.modules() if isinstance(m, Attention)]
-    for layer in layers:
-        layer.set_processor(XFormersAttnProcessor() if backend == "xformers" else AttnProcessor2_0())
-    log.debug("attention backend %s installed on %d layers", backend, len(layers))
-    return len(layers)
+    if backend == "xformers":
+        model.enable_xformers_memory_efficient_attention()
+    else:  # diffusers' default processor under torch 2: AttnProcessor2_0, F.scaled_dot_product_attention
+        model.disable_xformers_memory_efficient_attention()
+    layers = sum(isinstance(m, Attention) for m in model.modules())
+    log.debug("attention backend %s installed on %d layers", backend, layers)
+    return layers

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from eeg2im_scale.config import LowLevelConfig
+from ..config import LowLevelConfig
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:

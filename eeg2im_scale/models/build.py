@@ -10,54 +10,58 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..config import Config
+from ..config import DataConfig, ModelConfig, SynthConfig
 from .eeg_encoders import HighLevelEncoder, LowLevelEncoder
 from .autoencoder import ImageAutoencoder
 from .film_unet import FiLMUNet
 from .teacher import build_teacher
 from .teacher import feature_dim as teacher_feature_dim
 
+
 class Geometry:
     """What the models need to know about the data: EEG shape after the window, classes, image size."""
 
-    def __init__(self, cfg: Config, info: dict):
+    def __init__(self, data_cfg: DataConfig, info: dict):
         channels = len(info["channel_names"])
         time_points = int(info["time_points"])
-        if cfg.data.eeg_window is not None:
-            time_points = cfg.data.eeg_window[1] - cfg.data.eeg_window[0]
+        if data_cfg.eeg_window is not None:
+            time_points = data_cfg.eeg_window[1] - data_cfg.eeg_window[0]
         self.n_chans, self.n_times, self.sfreq = channels, time_points, float(info["sfreq"])
         self.num_classes = len(info["class_names"])
-        self.image_size = cfg.data.image_size
+        self.image_size = data_cfg.image_size
 
     @classmethod
-    def of_synth(cls, cfg: Config, class_names: list[str] | None = None) -> Geometry:
-        """The geometry of the corpus the config's ``synth`` section describes, without reading one
-        (sizing models; ``data.classes`` or ``class_names`` stand in for its classes)."""
-        s = cfg.synth
-        names = class_names or cfg.data.classes or [str(c) for c in range(s.num_classes)]
-        return cls(cfg, {"channel_names": [f"E{i}" for i in range(s.channels)], "time_points": s.time_points,
-                         "sfreq": s.sfreq, "class_names": names})
+    def of_synth(cls, synth_cfg: SynthConfig, data_cfg: DataConfig, class_names: list[str] | None = None) -> Geometry:
+        """The geometry of the corpus a ``synth`` section describes, without reading one (sizing
+        models; ``data.classes`` or ``class_names`` stand in for its classes)."""
+        names = class_names or data_cfg.classes or [str(c) for c in range(synth_cfg.num_classes)]
+        return cls(data_cfg, {"channel_names": [f"E{i}" for i in range(synth_cfg.channels)],
+                              "time_points": synth_cfg.time_points, "sfreq": synth_cfg.sfreq, "class_names": names})
 
 
-def build_teacher_model(cfg: Config, geo: Geometry) -> nn.Module:
-    return build_teacher(cfg.model.teacher, geo.num_classes)
+def build_teacher_model(model_cfg: ModelConfig, geo: Geometry) -> nn.Module:
+    return build_teacher(model_cfg.teacher, geo.num_classes)
 
 
-def build_highlevel(cfg: Config, geo: Geometry) -> HighLevelEncoder:
-    return HighLevelEncoder(cfg.model.highlevel, geo.n_chans, geo.n_times, geo.sfreq, geo.num_classes,
-                            teacher_feature_dim(cfg.model.teacher.arch))
+def build_highlevel(model_cfg: ModelConfig, geo: Geometry) -> HighLevelEncoder:
+    return HighLevelEncoder(model_cfg.highlevel, geo.n_chans, geo.n_times, geo.sfreq, geo.num_classes,
+                            teacher_feature_dim(model_cfg.teacher.arch))
 
 
-def build_lowlevel(cfg: Config, geo: Geometry) -> tuple[ImageAutoencoder, LowLevelEncoder]:
-    return (ImageAutoencoder(cfg.model.lowlevel, geo.image_size),
-            LowLevelEncoder(cfg.model.lowlevel, geo.n_chans, geo.n_times, geo.sfreq))
+def build_lowlevel(model_cfg: ModelConfig, geo: Geometry) -> tuple[ImageAutoencoder, LowLevelEncoder]:
+    return (ImageAutoencoder(model_cfg.lowlevel, geo.image_size),
+            LowLevelEncoder(model_cfg.lowlevel, geo.n_chans, geo.n_times, geo.sfreq))
 
 
-def build_unet(cfg: Config, geo: Geometry) -> FiLMUNet:
-    widths = {"highlevel": cfg.model.highlevel.embed_dim, "lowlevel": cfg.model.lowlevel.latent_dim}
+def condition_dim(model_cfg: ModelConfig) -> int:
+    """Width of the FiLM conditioning vector :func:`condition` returns."""
+    widths = {"highlevel": model_cfg.highlevel.embed_dim, "lowlevel": model_cfg.lowlevel.latent_dim}
     widths["multilevel"] = widths["highlevel"] + widths["lowlevel"]
-    cond_dim = widths[cfg.model.diffusion.condition_on]
-    return FiLMUNet(cfg.model.diffusion, geo.image_size, cond_dim, cfg.model.attention)
+    return widths[model_cfg.diffusion.condition_on]
+
+
+def build_unet(model_cfg: ModelConfig, geo: Geometry) -> FiLMUNet:
+    return FiLMUNet(model_cfg.diffusion, geo.image_size, condition_dim(model_cfg), model_cfg.attention)
 
 
 def load_prefixed(module: nn.Module, path: Path, prefix: str) -> nn.Module:

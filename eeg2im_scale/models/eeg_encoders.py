@@ -9,22 +9,18 @@ braindecode already computes the flattened feature size for any input length.
 
 from __future__ import annotations
 
+import typing
 import warnings
 from typing import Callable
 
 import torch
-from braindecode import models as bd
 from torch import nn
 
-from eeg2im_scale.config import HighLevelConfig, LowLevelConfig
+from ..config import Backbone, HighLevelConfig, LowLevelConfig
 
-BACKBONES: dict[str, type[nn.Module]] = {
-    "EEGNet": bd.EEGNet,
-    "ShallowFBCSPNet": bd.ShallowFBCSPNet,
-    "Deep4Net": bd.Deep4Net,
-    "EEGConformer": bd.EEGConformer,
-    "ATCNet": bd.ATCNet,
-}
+# braindecode classes by name; braindecode (and MNE behind it) is imported when a backbone is built,
+# so the diffusion-only paths (sampling, GPU benchmarks) import this package without it
+BACKBONES = typing.get_args(Backbone)
 _SHAPE_ERRORS = (ValueError, RuntimeError)  # what braindecode raises when the input is too short
 _LONGEST_SEARCHED = 1 << 16
 
@@ -52,9 +48,13 @@ def build_backbone(name: str, n_chans: int, n_times: int, sfreq: float, n_output
     if name not in BACKBONES:
         raise ValueError(f"unknown EEG backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
+    from braindecode import models as braindecode_models
+
+    backbone_class = getattr(braindecode_models, name)
+
     def make(length: int) -> nn.Module:
-        return BACKBONES[name](n_chans=n_chans, n_outputs=n_outputs, n_times=length,
-                               input_window_seconds=length / sfreq, sfreq=sfreq)
+        return backbone_class(n_chans=n_chans, n_outputs=n_outputs, n_times=length,
+                              input_window_seconds=length / sfreq, sfreq=sfreq)
 
     def builds(length: int) -> bool:
         try:

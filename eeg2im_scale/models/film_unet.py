@@ -17,8 +17,8 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
-from eeg2im_scale.config import DiffusionConfig
-from eeg2im_scale.models.attention import apply_attention_backend, select_attention_backend
+from ..config import DiffusionConfig
+from .attention import apply_attention_backend, select_attention_backend
 
 
 class FiLMUNet(nn.Module):
@@ -58,8 +58,14 @@ class FiLMUNet(nn.Module):
         nn.init.zeros_(self.cond_projection[-1].weight)
         nn.init.zeros_(self.cond_projection[-1].bias)
         self.null_condition = nn.Parameter(torch.zeros(cond_dim))
-        self.attention_backend = select_attention_backend(attention, None)
-        apply_attention_backend(self, self.attention_backend)
+        # decided on the device of the first forward: models are built on the CPU and moved after
+        self.attention, self.attention_backend = attention, None
+        if attention != "xformers":  # SDPA runs on any device: install it now
+            self._install_attention(torch.device("cpu"))
+
+    def _install_attention(self, device: torch.device) -> None:
+        self.attention_backend = select_attention_backend(self.attention, device)
+        apply_attention_backend(self.unet, self.attention_backend)
 
     def apply_null_condition(self, cond: torch.Tensor, drop_mask: torch.Tensor | None) -> torch.Tensor:
         """``cond`` with the rows where ``drop_mask`` is True replaced by the learned null condition."""
@@ -75,5 +81,7 @@ class FiLMUNet(nn.Module):
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
                 drop_mask: torch.Tensor | None = None) -> torch.Tensor:
         """noisy [B, 3, H, W], timesteps [B] (or scalar), cond [B, cond_dim] → prediction [B, 3, H, W]."""
+        if self.attention_backend is None:
+            self._install_attention(noisy.device)
         film = self.cond_projection(self.apply_null_condition(cond, drop_mask))
         return self.unet(noisy, timesteps, class_labels=film).sample

@@ -13,9 +13,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from eeg2im_scale.config import HighLevelConfig, LowLevelConfig
-from eeg2im_scale.models.autoencoder import from_unit_range, to_unit_range
-from eeg2im_scale.models.colour import hue_histogram
+from ..config import HighLevelConfig, LowLevelConfig
+from .autoencoder import from_unit_range, to_unit_range
+from .colour import hue_histogram
 
 
 def response_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

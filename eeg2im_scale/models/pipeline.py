@@ -40,12 +40,12 @@ def shareable(directory: Path) -> None:
 
 def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
     """The release's README: data, splits, models, and the evaluation once there is one."""
-    m = cfg.model
+    model_cfg = cfg.model
     counts = corpus["split_counts"]
-    teacher = f"{m.teacher.arch} ({'ImageNet-pretrained, ' if m.teacher.pretrained else ''}fine-tuned on the training images)"
+    teacher = f"{model_cfg.teacher.arch} ({'ImageNet-pretrained, ' if model_cfg.teacher.pretrained else ''}fine-tuned on the training images)"
     encoders = {"multilevel": "the high-level and the low-level EEG encoder condition",
                 "highlevel": "the high-level EEG encoder alone conditions",
-                "lowlevel": "the low-level EEG encoder alone conditions"}[m.diffusion.condition_on]
+                "lowlevel": "the low-level EEG encoder alone conditions"}[model_cfg.diffusion.condition_on]
     scaling = "z-scored with training statistics" if corpus["normalize"] else "not z-scored"
     if metrics is not None:
         metrics = {"protocol": {k: v for k, v in metrics["protocol"].items() if k != "eval_config"},
@@ -53,7 +53,7 @@ def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
     return "\n".join([
         "# EEG2IM model (eeg2im_scale)",
         "",
-        f"EEG → image generation: a high-level (semantic) EEG encoder distilled from a `{m.teacher.arch}` teacher",
+        f"EEG → image generation: a high-level (semantic) EEG encoder distilled from a `{model_cfg.teacher.arch}` teacher",
         f"and a low-level EEG encoder aligned with an image autoencoder; {encoders} a diffusion UNet through FiLM.",
         "",
         "## Data",
@@ -63,10 +63,10 @@ def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
         f"- EEG window: {corpus['eeg_window']}, band-pass: {corpus['bandpass']}, {scaling}",
         "",
         "## Models",
-        f"- teacher: torchvision `{teacher}`, input {m.teacher.input_size} px",
-        f"- high-level encoder: braindecode `{m.highlevel.backbone}`, embedding {m.highlevel.embed_dim}",
-        f"- low-level encoder: braindecode `{m.lowlevel.backbone}`, latent {m.lowlevel.latent_dim}",
-        f"- FiLM UNet: channels {list(m.diffusion.block_channels)}, {m.diffusion.prediction_type} prediction, "
+        f"- teacher: torchvision `{teacher}`, input {model_cfg.teacher.input_size} px",
+        f"- high-level encoder: braindecode `{model_cfg.highlevel.backbone}`, embedding {model_cfg.highlevel.embed_dim}",
+        f"- low-level encoder: braindecode `{model_cfg.lowlevel.backbone}`, latent {model_cfg.lowlevel.latent_dim}",
+        f"- FiLM UNet: channels {list(model_cfg.diffusion.block_channels)}, {model_cfg.diffusion.prediction_type} prediction, "
         f"image size {corpus['image_size']}; weights are the EMA (half-life {cfg.train.ema_halflife_kimg} kimg)",
         "",
         "## Metrics",
@@ -152,10 +152,10 @@ class EEG2IMPipeline:
         self.cfg: Config = config_from_dict(yaml.safe_load((self.dir / "config.yaml").read_text()))
         self.corpus = json.loads((self.dir / "corpus.json").read_text())
         self.device = torch.device(device)
-        geo = Geometry(self.cfg, self.corpus)
-        self.highlevel = self._load(build_highlevel(self.cfg, geo), "highlevel")
-        self.lowlevel = self._load(build_lowlevel(self.cfg, geo)[1], "lowlevel")
-        self.unet = self._load(build_unet(self.cfg, geo), "unet")
+        geo = Geometry(self.cfg.data, self.corpus)
+        self.highlevel = self._load(build_highlevel(self.cfg.model, geo), "highlevel")
+        self.lowlevel = self._load(build_lowlevel(self.cfg.model, geo)[1], "lowlevel")
+        self.unet = self._load(build_unet(self.cfg.model, geo), "unet")
         self.teacher = self._load(Teacher(self.cfg.model.teacher, geo.num_classes), "teacher")
         c = self.corpus
         self.preprocess = EEGPreprocess(
@@ -180,10 +180,10 @@ class EEG2IMPipeline:
             raise ValueError(f"EEG trial has shape {eeg.shape}, this model expects {expected} (channels, time)")
         x = self.preprocess(torch.as_tensor(np.asarray(eeg, np.float32))).to(self.device)
         cond = self.condition(x[None].expand(num_images, -1, -1))
-        d = self.cfg.model.diffusion
+        diffusion_cfg = self.cfg.model.diffusion
         generator = torch.Generator(self.device).manual_seed(seed)
-        images = sample(self.unet, cond, sampler or d.sampler, steps or d.sample_steps,
-                        d.guidance_scale if guidance_scale is None else guidance_scale,
+        images = sample(self.unet, cond, sampler or diffusion_cfg.sampler, steps or diffusion_cfg.sample_steps,
+                        diffusion_cfg.guidance_scale if guidance_scale is None else guidance_scale,
                         self.corpus["image_size"], generator)
         return from_unit_range(images).permute(0, 2, 3, 1).cpu().numpy()
 

@@ -12,8 +12,8 @@ import typing
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from eeg2im_scale.config import DiffusionConfig, Sampler
-from eeg2im_scale.models.film_unet import FiLMUNet
+from ..config import DiffusionConfig, Sampler
+from .film_unet import FiLMUNet
 
 SAMPLERS = dict(zip(typing.get_args(Sampler), (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler)))
 

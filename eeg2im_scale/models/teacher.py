@@ -9,6 +9,7 @@ instructions rather than hanging on a download.
 from __future__ import annotations
 
 import logging
+import typing
 from pathlib import Path
 
 import torch
@@ -16,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50
 
-from eeg2im_scale.config import TeacherConfig
-from eeg2im_scale.models.autoencoder import to_unit_range
+from ..config import TeacherConfig, TeacherFlips
+from .autoencoder import to_unit_range
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class Teacher(nn.Module):
         return self.head(features), features
 
 
-FLIPS = ("none", "horizontal", "both")
+FLIPS = typing.get_args(TeacherFlips)
 
 
 def flip_and_shift(images: torch.Tensor, flips: str = "horizontal", max_shift: float = 0.125) -> torch.Tensor:

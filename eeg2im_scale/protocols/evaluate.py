@@ -30,13 +30,15 @@ class Scores:
     choices: int  # classes the model chooses among
 
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device() -> torch.device:
+    """Chosen when scoring starts, not at import: a process may hide its GPUs after importing."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _trained_encoder(cfg: Config):
-    geo = Geometry(cfg, Manifest.for_data(cfg.data).selected_info)
-    encoder = load_prefixed(build_highlevel(cfg, geo), stage_weights(cfg, "highlevel"), "encoder")
-    return encoder.eval().to(DEVICE), geo
+    geo = Geometry(cfg.data, Manifest.for_data(cfg.data).selected_info)
+    encoder = load_prefixed(build_highlevel(cfg.model, geo), stage_weights(cfg, "highlevel"), "encoder")
+    return encoder.eval().to(_device()), geo
 
 
 @torch.no_grad()
@@ -45,10 +47,11 @@ def classifier_scores(cfg: Config, split: str = "test") -> Scores:
     training split of a shuffled-label run it is scored against the labels it was trained with:
     a control's positive control asks whether its classifier fitted what it was given."""
     encoder, geo = _trained_encoder(cfg)
-    relabel = ShuffledLabels(cfg) if split == "train" and cfg.train.shuffle_labels else None
+    device = next(encoder.parameters()).device
+    relabel = ShuffledLabels(cfg.data, cfg.train.seed) if split == "train" and cfg.train.shuffle_labels else None
     labels, correct = [], 0
     for batch in EEGImageLoader(cfg.data, split, train=False):
-        predicted = encoder(batch["eeg"].to(DEVICE))["logits"].argmax(1).cpu()
+        predicted = encoder(batch["eeg"].to(device))["logits"].argmax(1).cpu()
         target = batch["label"] if relabel is None else relabel(batch)
         correct += int((predicted == target).sum())
         labels += target.tolist()
@@ -89,15 +92,16 @@ def zero_shot_scores(cfg: Config, heldout: list[str]) -> Scores:
     run's config, whose ``data.classes`` are the training classes): the EEG encoder's projection
     into the teacher's feature space against prototypes of the fine-tuned teacher's features."""
     encoder, geo = _trained_encoder(cfg)
+    device = next(encoder.parameters()).device
     teacher = load_prefixed(Teacher(cfg.model.teacher, geo.num_classes), stage_weights(cfg, "teacher"), "teacher")
-    teacher = teacher.eval().to(DEVICE)
+    teacher = teacher.eval().to(device)
     projections, query_images, features, image_labels = [], [], {}, {}
     for batch in EEGImageLoader(replace(cfg.data, classes=list(heldout)), "test", train=False):
-        projections.append(encoder(batch["eeg"].to(DEVICE))["teacher_proj"].cpu())
+        projections.append(encoder(batch["eeg"].to(device))["teacher_proj"].cpu())
         query_images += batch["image_id"]
         new = [k for k, image in enumerate(batch["image_id"]) if image not in features]
         if new:
-            _, pooled = teacher(to_unit_range(batch["image"][new].to(DEVICE)))
+            _, pooled = teacher(to_unit_range(batch["image"][new].to(device)))
             for k, feature in zip(new, pooled.cpu()):
                 features[batch["image_id"][k]] = feature
                 image_labels[batch["image_id"][k]] = int(batch["label"][k])

@@ -110,15 +110,15 @@ def _loso(cfg: Config, layout: Layout, variant) -> Plan:
 
 def _held_out_classes(cfg: Config, layout: Layout, variant) -> Plan:
     universe = list(cfg.data.classes or layout.class_names)
-    p = cfg.protocol
-    if p.heldout_classes is not None:
-        heldout = list(p.heldout_classes)
+    protocol_cfg = cfg.protocol
+    if protocol_cfg.heldout_classes is not None:
+        heldout = list(protocol_cfg.heldout_classes)
         outside = [c for c in heldout if c not in universe]
         if outside:
             raise ProtocolError(f"protocol.heldout_classes {outside} are not among the classes in play: {universe}")
     else:
-        count = max(2, round(p.heldout_fraction * len(universe)))
-        drawn = np.random.default_rng(p.seed).choice(len(universe), count, replace=False)
+        count = max(2, round(protocol_cfg.heldout_fraction * len(universe)))
+        drawn = np.random.default_rng(protocol_cfg.seed).choice(len(universe), count, replace=False)
         heldout = [universe[i] for i in sorted(drawn)]
     seen = [c for c in universe if c not in heldout]
     if len(heldout) < 2 or len(seen) < 2:
@@ -135,45 +135,45 @@ def _held_out_classes(cfg: Config, layout: Layout, variant) -> Plan:
 
 
 def _controls(cfg: Config, layout: Layout, variant) -> Plan:
-    p = cfg.protocol
+    protocol_cfg = cfg.protocol
     notes = [(f"Drift probe: L2-regularised logistic regressions on each trial's per-channel means, linear trends "
-              f"and < {p.lowpass_hz:g} Hz power (and the pre-stimulus window's, when set), fitted on the scheme's "
+              f"and < {protocol_cfg.lowpass_hz:g} Hz power (and the pre-stimulus window's, when set), fitted on the scheme's "
               f"training split and tested on its test split; the row names the strongest probe, its p-value "
               f"Bonferroni-corrected over the probes, and the probe's training accuracy (its positive control). "
               f"No deep training: it runs in seconds.")]
     windows = [("drift-probe", "drift probe", None)]
-    if p.prestimulus_window is not None:
-        windows.append(("drift-probe-prestimulus", f"drift probe, pre-stimulus [{p.prestimulus_window[0]}, "
-                        f"{p.prestimulus_window[1]})", tuple(p.prestimulus_window)))
+    if protocol_cfg.prestimulus_window is not None:
+        windows.append(("drift-probe-prestimulus", f"drift probe, pre-stimulus [{protocol_cfg.prestimulus_window[0]}, "
+                        f"{protocol_cfg.prestimulus_window[1]})", tuple(protocol_cfg.prestimulus_window)))
     variants = [variant(slug, name, stages=(), evaluation="probe", control="drift", window=window)
                 for slug, name, window in windows]
-    if not p.deep_controls:
+    if not protocol_cfg.deep_controls:
         notes.append("Deep controls not run (protocol.deep_controls is false): the drift probe only.")
         return Plan("controls", variants, notes)
     # Cross-entropy only: distilling a teacher that knows nothing about the EEG would spend the
     # control's capacity on the teacher instead of on fitting what the EEG carries.
     ce_only = ["model.highlevel.kd_weight=0", "model.highlevel.feature_kd_weight=0",
-               *([f"train.highlevel.steps={p.control_steps}"] if p.control_steps is not None else [])]
+               *([f"train.highlevel.steps={protocol_cfg.control_steps}"] if protocol_cfg.control_steps is not None else [])]
     variants += [
         variant("shuffled-labels", "shuffled labels", "train.shuffle_labels=true", *ce_only, control="shuffled"),
-        variant("lowpass", f"< {p.lowpass_hz:g} Hz only", override("data.bandpass", [0, p.lowpass_hz]), *ce_only,
+        variant("lowpass", f"< {protocol_cfg.lowpass_hz:g} Hz only", override("data.bandpass", [0, protocol_cfg.lowpass_hz]), *ce_only,
                 control="drift"),
     ]
     notes += [
         ("Deep controls: the EEG encoder retrained per control with cross-entropy only (no distillation from the "
          "image teacher), and its accuracy on its own training split reported beside the test accuracy: a control "
          f"whose classifier did not beat its training split's chance by protocol.min_train_margin "
-         f"({p.min_train_margin:g}) is inconclusive, never 'no leakage'."),
+         f"({protocol_cfg.min_train_margin:g}) is inconclusive, never 'no leakage'."),
         ("Shuffled labels: the training images' labels permuted (seed train.seed) for the teacher and the EEG "
          "encoder alike; the test keeps the true labels. Above chance means labels reach the model another way."),
-        (f"Drift: the EEG classifier retrained and tested on content below {p.lowpass_hz:g} Hz only (a zero-phase "
+        (f"Drift: the EEG classifier retrained and tested on content below {protocol_cfg.lowpass_hz:g} Hz only (a zero-phase "
          f"Butterworth low-pass). Slow drift identifies the recording block, and in a block design the block "
          f"identifies the class: above chance under a split that shares blocks between training and test "
          f"(release or image on EEG-ImageNet) means the corpus leaks. On a short epoch this band also holds the "
          f"mean of the evoked response, so check a leak against data.split_by=block (whole blocks held out)."),
     ]
-    if p.prestimulus_window is not None:
-        start, stop = p.prestimulus_window
+    if protocol_cfg.prestimulus_window is not None:
+        start, stop = protocol_cfg.prestimulus_window
         variants.append(variant("prestimulus", f"pre-stimulus [{start}, {stop})",
                                 override("data.eeg_window", [start, stop]), *ce_only, control="drift"))
         notes.append(f"Pre-stimulus: the classifier retrained and tested on samples [{start}, {stop}) of each "

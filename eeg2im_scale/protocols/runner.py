@@ -89,7 +89,7 @@ def _prepare(variant: Variant, cfg):
     computed once, here, instead of by every rank."""
     manifest = Manifest.for_data(cfg.data)
     try:
-        build_highlevel(cfg, Geometry(cfg, manifest.selected_info))
+        build_highlevel(cfg.model, Geometry(cfg.data, manifest.selected_info))
     except ValueError as exc:
         raise ProtocolError(f"{variant.protocol}, {variant.name}: {exc}") from None
     if cfg.data.normalize:

@@ -1,8 +1,13 @@
-"""Resumable checkpoints (DeepSpeed engine state + per-rank loader/RNG state) and fp32 exports.
+"""Resumable checkpoints: one :class:`Checkpointer` over the DeepSpeed engine and ``Stateful`` parts.
+
+A part is anything with ``state_dict()`` / ``load_state_dict(state)`` (the torchtitan contract).
+*Per-rank* parts (the loader's position, the random streams) are written by every rank into
+``client_rank<r>.pt``; *shared* parts (the EMA) are written once, by rank 0, as
+``<name>.safetensors``. A new stateful part is one entry in one of the two dicts.
 
 Layout of ``<stage dir>/checkpoints``: one folder per tag (``step00000100``) holding DeepSpeed's
-files, ``client_rank<r>.pt`` per rank and ``complete.json``, and a ``latest`` file naming the
-newest complete tag.
+files, the parts' files and ``complete.json``, and a ``latest`` file naming the newest complete
+tag.
 
 A save commits only after every rank has written its part (a barrier): rank 0 records the
 folder's files and sizes in ``complete.json``, then points ``latest`` at the tag (write + rename).
@@ -16,8 +21,9 @@ checkpoint: rank 0 converts the ZeRO-partitioned tag (``ds_to_universal``) into
 conversion is deleted. The data loader then restarts the interrupted epoch and the per-rank
 random streams are reseeded (see docs/reliability.md).
 
-Fault injection for tests: ``EEG2IM_TEST_KILL_BEFORE_COMMIT=<step>`` makes rank 0 SIGKILL itself
-inside the save of that step, after every rank's files are written and before the commit.
+Fault injection (docs/reliability.md): ``EEG2IM_FAULT_KILL_BEFORE_COMMIT=<step>`` makes rank 0
+SIGKILL itself inside the save of that step, after every rank's files are written and before the
+commit, to prove on a given filesystem that an interrupted save is never resumed from.
 """
 
 from __future__ import annotations
@@ -33,11 +39,13 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
-from .distributed import barrier
+from .distributed import DistInfo, barrier, broadcast_object
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,7 @@ LATEST = "latest"
 COMPLETE = "complete.json"
 UNIVERSAL = "universal"
 TAG = re.compile(r"step\d{8}")
+FAULT_KILL_BEFORE_COMMIT = "EEG2IM_FAULT_KILL_BEFORE_COMMIT"
 
 
 class CheckpointError(RuntimeError):
@@ -96,35 +105,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def save(engine, ckpt_dir: Path, step: int, rank: int, world_size: int, client: dict, keep: int,
-         extra: Callable[[Path], None] | None = None) -> str:
-    """Collective: every rank must call it (DeepSpeed's save hangs if only rank 0 does).
-    ``extra(tag_dir)`` writes further files into the checkpoint before it is committed."""
-    ckpt_dir = Path(ckpt_dir)
-    tag = tag_for(step)
-    # re-saving a step (after resuming from an earlier checkpoint) uncommits it before any file changes
-    (ckpt_dir / tag / COMPLETE).unlink(missing_ok=True)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step}, save_latest=False)
-    torch.save({**client, "rng": rng_state()}, ckpt_dir / tag / f"client_rank{rank:04d}.pt")
-    if extra is not None:
-        extra(ckpt_dir / tag)
-    barrier()
-    if rank == 0:
-        if os.environ.get("EEG2IM_TEST_KILL_BEFORE_COMMIT") == str(step):
-            os.kill(os.getpid(), signal.SIGKILL)
-        tag_dir = ckpt_dir / tag
-        files = {p.name: p.stat().st_size for p in sorted(tag_dir.iterdir()) if p.is_file() and p.name != COMPLETE}
-        for r in range(world_size):  # stat'ed by name: a shared filesystem may list other nodes' files late
-            name = f"client_rank{r:04d}.pt"
-            files[name] = (tag_dir / name).stat().st_size
-        _write_atomic(tag_dir / COMPLETE, json.dumps({"step": step, "world_size": world_size, "files": files},
-                                                     indent=1))
-        _write_atomic(ckpt_dir / LATEST, tag)
-        _prune(ckpt_dir, keep, tag)
-    barrier()
-    return tag
 
 
 def _tags(ckpt_dir: Path) -> list[str]:
@@ -183,6 +163,21 @@ def resume_point(ckpt_dir: Path) -> ResumePoint | None:
                           f"to train the stage afresh, or run without --resume")
 
 
+def agreed_resume_point(ckpt_dir: Path, dist: DistInfo) -> ResumePoint | None:
+    """Collective :func:`resume_point`: rank 0 picks the checkpoint and every rank follows it (or
+    raises its error)."""
+    found = None
+    if dist.is_main:
+        try:
+            found = resume_point(ckpt_dir)
+        except CheckpointError as exc:
+            found = exc
+    found = broadcast_object(found)
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
 def needs_universal(point: ResumePoint, world_size: int) -> bool:
     """Whether loading ``point`` at ``world_size`` ranks goes through DeepSpeed's universal format
     (the engine must then be built with ``checkpoint.load_universal``)."""
@@ -200,37 +195,102 @@ def _to_universal(src: Path, dst: Path) -> None:
                                        inject_missing_state=True))
 
 
-def load(engine, ckpt_dir: Path, point: ResumePoint, rank: int, world_size: int, seed: int) -> dict:
-    """Restore the engine and this rank's client state (its loader position) from ``point``.
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
 
-    At the world size that wrote it, the RNG states are restored too; at another one, the
-    optimizer state comes through the universal format and the random streams are reseeded
-    from (seed, step, rank)."""
-    ckpt_dir = Path(ckpt_dir)
-    load_dir, same = ckpt_dir, point.world_size == world_size
-    if not same:
-        log.warning("checkpoint %s was written by %d ranks, resuming with %d: %s", point.tag, point.world_size,
-                    world_size, "converting it to DeepSpeed's universal format" if point.partitioned else
-                    "its optimizer state is not partitioned and loads as is")
-        if needs_universal(point, world_size):
-            load_dir = ckpt_dir / UNIVERSAL
-            if rank == 0:
-                _to_universal(ckpt_dir / point.tag, load_dir / point.tag)
-            barrier()
-    path, client_state = engine.load_checkpoint(str(load_dir), tag=point.tag)
-    if path is None or int(client_state["step"]) != point.step:
-        raise CheckpointError(f"DeepSpeed could not load checkpoint {load_dir / point.tag}")
-    barrier()
-    if load_dir != ckpt_dir and rank == 0:
-        shutil.rmtree(load_dir, ignore_errors=True)
-    own = ckpt_dir / point.tag / f"client_rank{rank:04d}.pt"
-    client = read_client(own if own.is_file() else ckpt_dir / point.tag / "client_rank0000.pt")
-    rng = client.pop("rng")
-    if same:
-        set_rng_state(rng)
-    else:
-        reseed(seed, point.step, rank)
-    return client
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class RandomStreams:
+    """This rank's python/numpy/torch(/cuda) random streams as a ``Stateful`` part. Restored
+    exactly at the world size that saved them; at another one each rank's old stream has no
+    heir, so the streams are reseeded from (seed, step, rank)."""
+
+    def __init__(self, seed: int, rank: int, world_size: int, step: Callable[[], int]):
+        self.seed, self.rank, self.world_size, self.step = seed, rank, world_size, step
+
+    def state_dict(self) -> dict:
+        return {**rng_state(), "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("world_size", self.world_size) == self.world_size:
+            set_rng_state(state)
+        else:
+            reseed(self.seed, self.step(), self.rank)
+
+
+class Checkpointer:
+    """Saves and restores one stage's training state: the DeepSpeed engine (model, optimizer,
+    scheduler; its own sharded files), ``per_rank`` parts (every rank its own file) and
+    ``shared`` parts (identical on every rank, written by rank 0)."""
+
+    def __init__(self, ckpt_dir: Path, engine, dist: DistInfo, keep: int, per_rank: dict[str, Stateful],
+                 shared: dict[str, Stateful] | None = None):
+        self.dir, self.engine, self.dist, self.keep = Path(ckpt_dir), engine, dist, keep
+        self.per_rank, self.shared = per_rank, shared or {}
+
+    def _client_path(self, tag: str, rank: int) -> Path:
+        return self.dir / tag / f"client_rank{rank:04d}.pt"
+
+    def save(self, step: int) -> str:
+        """Collective: every rank must call it (DeepSpeed's save hangs if only rank 0 does)."""
+        tag, rank = tag_for(step), self.dist.rank
+        tag_dir = self.dir / tag
+        # re-saving a step (after resuming from an earlier checkpoint) uncommits it before any file changes
+        (tag_dir / COMPLETE).unlink(missing_ok=True)
+        self.engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step}, save_latest=False)
+        torch.save({name: part.state_dict() for name, part in self.per_rank.items()}, self._client_path(tag, rank))
+        if self.dist.is_main:
+            for name, part in self.shared.items():
+                save_file(part.state_dict(), str(tag_dir / f"{name}.safetensors"))
+        barrier()
+        if self.dist.is_main:
+            if os.environ.get(FAULT_KILL_BEFORE_COMMIT) == str(step):
+                os.kill(os.getpid(), signal.SIGKILL)
+            self._commit(tag_dir, step)
+            _prune(self.dir, self.keep, tag)
+        barrier()
+        return tag
+
+    def _commit(self, tag_dir: Path, step: int) -> None:
+        files = {p.name: p.stat().st_size for p in sorted(tag_dir.iterdir()) if p.is_file() and p.name != COMPLETE}
+        for r in range(self.dist.world_size):  # stat'ed by name: a shared filesystem may list other nodes' files late
+            path = self._client_path(tag_dir.name, r)
+            files[path.name] = path.stat().st_size
+        record = {"step": step, "world_size": self.dist.world_size, "files": files}
+        _write_atomic(tag_dir / COMPLETE, json.dumps(record, indent=1))
+        _write_atomic(self.dir / LATEST, tag_dir.name)
+
+    def load(self, point: ResumePoint) -> int:
+        """Restore the engine and every part from ``point``; returns its step.
+
+        At another world size the optimizer state comes through the universal format, and each
+        rank reads rank 0's per-rank parts (the loader then restarts the epoch, the random
+        streams are reseeded)."""
+        rank, world_size = self.dist.rank, self.dist.world_size
+        load_dir = self.dir
+        if point.world_size != world_size:
+            log.warning("checkpoint %s was written by %d ranks, resuming with %d: %s", point.tag, point.world_size,
+                        world_size, "converting it to DeepSpeed's universal format" if point.partitioned else
+                        "its optimizer state is not partitioned and loads as is")
+            if needs_universal(point, world_size):
+                load_dir = self.dir / UNIVERSAL
+                if rank == 0:
+                    _to_universal(self.dir / point.tag, load_dir / point.tag)
+                barrier()
+        path, client_state = self.engine.load_checkpoint(str(load_dir), tag=point.tag)
+        if path is None or int(client_state["step"]) != point.step:
+            raise CheckpointError(f"DeepSpeed could not load checkpoint {load_dir / point.tag}")
+        barrier()
+        if load_dir != self.dir and rank == 0:
+            shutil.rmtree(load_dir, ignore_errors=True)
+        own = self._client_path(point.tag, rank)
+        client = read_client(own if own.is_file() else self._client_path(point.tag, 0))
+        for name, part in self.per_rank.items():
+            part.load_state_dict(client[name])
+        for name, part in self.shared.items():
+            part.load_state_dict(load_file(str(self.dir / point.tag / f"{name}.safetensors")))
+        return point.step
 
 
 def consolidated_state_dict(engine, ckpt_dir: Path, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:

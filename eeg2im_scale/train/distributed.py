@@ -60,10 +60,10 @@ def init_distributed(timeout_s: int = 600) -> DistInfo:
 
 
 def _skip_inference_allreduce_build() -> None:
-    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce at init (~45 s of g++ on a
-    fresh machine, a third of the quickstart's training start-up) that only tensor-parallel
-    inference (``inference_all_reduce``) uses; training never calls it. ``build_shm_op`` skips ops
-    marked incompatible in ``deepspeed.ops.__compatible_ops__``, a dict DeepSpeed keeps editable."""
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce at init that only
+    tensor-parallel inference (``inference_all_reduce``) uses; training never calls it.
+    ``build_shm_op`` skips ops marked incompatible in ``deepspeed.ops.__compatible_ops__`` (a
+    private API: docs/performance.md "Private APIs")."""
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -73,7 +73,7 @@ def bound_every_group(timeout_s: int) -> None:
     """Give every process group formed so far the collective timeout. DeepSpeed forms its own
     groups (ZeRO's data-parallel copy of the world) with torch's default, 30 minutes on gloo, so a
     hung peer would stall them that long; call this after ``deepspeed.initialize``."""
-    for group in list(dist.distributed_c10d._world.pg_map):  # no public listing of the groups
+    for group in list(dist.distributed_c10d._world.pg_map):  # private: docs/performance.md "Private APIs"
         dist.set_timeout(timedelta(seconds=timeout_s), group)
 
 

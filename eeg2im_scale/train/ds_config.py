@@ -34,8 +34,8 @@ def build_deepspeed_config(train: TrainConfig, stage: StageConfig, micro_batch: 
 
     AdamW is PyTorch's (``torch_adam``) so no C++/CUDA op is JIT-compiled, and its fused kernel
     (``fused``; CPU and CUDA): ZeRO-1/2 hand it one flat fp32 partition, on which the unfused
-    update made 79 M-element temporaries every step, 8x slower on the CPU (366 vs 45 ms for the
-    diffusion UNet). A user JSON (``train.deepspeed_config``) may replace any of it, e.g. with
+    update makes partition-sized temporaries every step (measured: docs/performance.md
+    "Measured choices in the code"). A user JSON (``train.deepspeed_config``) may replace any of it, e.g. with
     DeepSpeed's FusedAdam.
     """
     if train.precision == "fp16" and not on_gpu:

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, DataConfig, TrainConfig
 from ..data.loader import EEGImageLoader
 from ..models.precision import cast_for_training
 from . import checkpoint
@@ -31,7 +31,6 @@ from .distributed import (
     all_reduce_sum,
     barrier,
     bound_every_group,
-    broadcast_object,
 )
 from .ds_config import build_deepspeed_config
 from .metrics import (
@@ -58,8 +57,8 @@ def move_batch(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     return out
 
 
-def compute_dtype(cfg: Config) -> torch.dtype:
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
+def compute_dtype(precision: str) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _epochs(loader: EEGImageLoader):
@@ -81,7 +80,7 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
         return final
     stage_cfg = cfg.train.stage_config(name)
     ckpt_dir = out / "checkpoints"
-    point = _resume_point(ckpt_dir, dist) if resume else None
+    point = checkpoint.agreed_resume_point(ckpt_dir, dist) if resume else None
     if point is None and dist.is_main:
         if resume:
             log.warning("--resume, but %s holds no checkpoint: training stage %s from its start", ckpt_dir, name)
@@ -89,49 +88,76 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
             log.warning("%s exists: training stage %s afresh (pass --resume to continue it instead)", out, name)
         shutil.rmtree(out, ignore_errors=True)  # no stale checkpoints, stats or exports mixed into the new run
     barrier()
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (ZeRO-3 partitions local copies)
-    dtype = compute_dtype(cfg)
-    stage: Stage = build_stage(name, cfg, dist.device, dtype)
-    cast_for_training(stage.module, dtype)  # ZeRO-3 casts only parameters; BatchNorm statistics stay float32
+    dtype = compute_dtype(cfg.train.precision)
+    stage, engine = _build_engine(cfg, name, dist, dtype, universal=point is not None and
+                                  checkpoint.needs_universal(point, dist.world_size))
     loader = EEGImageLoader(cfg.data, "train", rank=dist.rank, world_size=dist.world_size)
-    ds_config = build_deepspeed_config(cfg.train, stage_cfg, cfg.data.batch_size, dist.world_size,
-                                       dist.device.type == "cuda")
-    if point is not None and checkpoint.needs_universal(point, dist.world_size):
-        ds_config["checkpoint"] = {"load_universal": True}
-    engine, _, _, _ = deepspeed.initialize(model=stage.module, config=ds_config,
-                                           model_parameters=[p for p in stage.module.parameters() if p.requires_grad])
-    bound_every_group(cfg.train.collective_timeout_s)
-    stage.attach(engine)
     torch.manual_seed(cfg.train.seed + 1 + dist.rank)  # per-rank noise, dropout and CFG masks
+    streams = checkpoint.RandomStreams(cfg.train.seed, dist.rank, dist.world_size, step=lambda: engine.global_steps)
+    ckpt = checkpoint.Checkpointer(ckpt_dir, engine, dist, cfg.train.keep_checkpoints,
+                                   per_rank={"loader": loader, "rng": streams}, shared=stage.stateful())
     step = 0
     if point is not None:
-        client = checkpoint.load(engine, ckpt_dir, point, dist.rank, dist.world_size, cfg.train.seed)
-        step = point.step
-        loader.load_state_dict(client["loader"])
-        stage.load_extra_state(ckpt_dir / point.tag)
+        step = ckpt.load(point)
         if dist.is_main:
             for path in [out / "stats.jsonl", *sorted((out / "samples").glob("rank*.jsonl"))]:
                 cut_jsonl(path, step)  # steps after the checkpoint are about to be redone
         log.info("stage %s resumed at step %d (epoch %d, batch %d)", name, step, loader.state.epoch,
                  loader.state.batches_done)
     barrier()
-    samples = SampleLog(out / "samples" / f"rank{dist.rank:04d}.jsonl", loader)
-    metrics = MetricsWriter(out, dist.is_main, append=point is not None)
-    reset_peak_memory(dist.device)  # each stage reports its own high-water mark
     if dist.is_main:
         log.info("stage %s: %d steps, global batch %d, %d samples/epoch, ZeRO-%s, %s", name, stage_cfg.steps,
-                 ds_config["train_batch_size"], loader.samples_per_epoch,
-                 ds_config["zero_optimization"]["stage"], cfg.train.precision)
-    images_per_step = ds_config["train_batch_size"]
+                 engine.train_batch_size(), loader.samples_per_epoch, engine.zero_optimization_stage(),
+                 cfg.train.precision)
+    step = _optimizer_steps(cfg.train, stage, engine, loader, ckpt, dist, dtype, out, step)
+    if step < stage_cfg.steps:
+        log.info("stage %s halted at step %d of %d (train.halt_after); continue with --resume", name, step,
+                 stage_cfg.steps)
+        return None
+    validation, val_dropped = validate(cfg.data, engine, dist, dtype)
+    if dist.is_main:
+        (out / "validation.json").write_text(json.dumps(validation, indent=1))
+        log.info("stage %s validation: %s", name, validation)
+    report_dropped(out, dist, val_dropped)
+    _export(stage, engine, ckpt_dir, dist, final)
+    return final
+
+
+def _build_engine(cfg: Config, name: str, dist: DistInfo, dtype: torch.dtype,
+                  universal: bool) -> tuple[Stage, deepspeed.DeepSpeedEngine]:
+    """The stage's module under a DeepSpeed engine, with identical initial weights on every rank."""
+    torch.manual_seed(cfg.train.seed)  # ZeRO-3 partitions each rank's local copy
+    stage: Stage = build_stage(name, cfg, dist.device, dtype)
+    cast_for_training(stage.module, dtype)  # ZeRO-3 casts only parameters; BatchNorm statistics stay float32
+    ds_config = build_deepspeed_config(cfg.train, cfg.train.stage_config(name), cfg.data.batch_size,
+                                       dist.world_size, dist.device.type == "cuda")
+    if universal:
+        ds_config["checkpoint"] = {"load_universal": True}
+    engine, _, _, _ = deepspeed.initialize(model=stage.module, config=ds_config,
+                                           model_parameters=[p for p in stage.module.parameters() if p.requires_grad])
+    bound_every_group(cfg.train.collective_timeout_s)
+    stage.attach(engine)
+    return stage, engine
+
+
+def _optimizer_steps(train_cfg: TrainConfig, stage: Stage, engine, loader: EEGImageLoader,
+                     ckpt: checkpoint.Checkpointer, dist: DistInfo, dtype: torch.dtype, out: Path, step: int) -> int:
+    """Train from ``step`` until the stage's last step or ``train.halt_after``; returns the step
+    reached. Logs a stats window every ``log_every`` steps and checkpoints every
+    ``checkpoint_every``, at the end and where it halts."""
+    total = train_cfg.stage_config(stage.name).steps
+    halt_at = step + train_cfg.halt_after if train_cfg.halt_after else None
+    samples = SampleLog(out / "samples" / f"rank{dist.rank:04d}.jsonl", loader)
+    metrics = MetricsWriter(out, dist.is_main, append=step > 0)
+    reset_peak_memory(dist.device)  # each stage reports its own high-water mark
     flops_per_sample = None
     window = _new_window()
     batches = _epochs(loader)
-    halt_at = step + cfg.train.halt_after if cfg.train.halt_after else None
     # rank 0 only; `disable=None` also hides it when output is not a terminal (logs, CI)
-    progress = tqdm(total=stage_cfg.steps, initial=step, desc=f"stage {name}", unit="step",
+    progress = tqdm(total=total, initial=step, desc=f"stage {stage.name}", unit="step",
                     disable=None if dist.is_main else True)
     engine.train()
-    while step < stage_cfg.steps and step != halt_at:
+    while step < total and step != halt_at:
         tick = time.perf_counter()
         batch = next(batches)
         samples.write(engine.global_steps + 1, batch["key"])
@@ -151,27 +177,16 @@ def train_stage(cfg: Config, name: str, dist: DistInfo, resume: bool = False) ->
             continue  # inside a gradient-accumulation cycle
         step = engine.global_steps
         progress.update(1)
-        stage.after_step(images_per_step)
-        if step % cfg.train.log_every == 0 or step == stage_cfg.steps:
+        stage.after_step(engine.train_batch_size())
+        if step % train_cfg.log_every == 0 or step == total:
             _log_window(metrics, step, window, engine, flops_per_sample, dist, loader)
             window = _new_window()
-        if step % cfg.train.checkpoint_every == 0 or step in (stage_cfg.steps, halt_at):
-            checkpoint.save(engine, ckpt_dir, step, dist.rank, dist.world_size, {"loader": loader.state_dict()},
-                            cfg.train.keep_checkpoints, extra=partial(stage.save_extra_state, is_main=dist.is_main))
+        if step % train_cfg.checkpoint_every == 0 or step in (total, halt_at):
+            ckpt.save(step)
     progress.close()
     metrics.close()
     samples.close()
-    if step < stage_cfg.steps:
-        log.info("stage %s halted at step %d of %d (train.halt_after); continue with --resume", name, step,
-                 stage_cfg.steps)
-        return None
-    validation, val_dropped = validate(cfg, engine, dist, dtype)
-    if dist.is_main:
-        (out / "validation.json").write_text(json.dumps(validation, indent=1))
-        log.info("stage %s validation: %s", name, validation)
-    report_dropped(out, dist, val_dropped)
-    _export(cfg, stage, engine, ckpt_dir, dist, final)
-    return final
+    return step
 
 
 def _new_window() -> dict:
@@ -187,29 +202,15 @@ def _accumulate(window: dict, terms: dict, samples: int, data_s: float, compute_
         window["loss_sum"][key] = window["loss_sum"].get(key, 0.0) + value.detach().float()
 
 
-def _resume_point(ckpt_dir: Path, dist: DistInfo) -> checkpoint.ResumePoint | None:
-    """Rank 0 picks the checkpoint and every rank follows it (or raises its error)."""
-    found = None
-    if dist.is_main:
-        try:
-            found = checkpoint.resume_point(ckpt_dir)
-        except checkpoint.CheckpointError as exc:
-            found = exc
-    found = broadcast_object(found)
-    if isinstance(found, Exception):
-        raise found
-    return found
-
-
 @torch.no_grad()
-def validate(cfg: Config, engine, dist: DistInfo, dtype: torch.dtype) -> tuple[dict, list[dict]]:
+def validate(data_cfg: DataConfig, engine, dist: DistInfo, dtype: torch.dtype) -> tuple[dict, list[dict]]:
     """Mean loss terms over the validation split, every sample once across ranks, and this rank's
     dropped validation samples.
 
     Ranks hold different numbers of validation batches; under ZeRO-3 every forward is a
     collective, so ranks that run out repeat their last batch with weight 0 until all are done.
     """
-    loader = EEGImageLoader(cfg.data, "val", train=False, rank=dist.rank, world_size=dist.world_size)
+    loader = EEGImageLoader(data_cfg, "val", train=False, rank=dist.rank, world_size=dist.world_size)
     batches = [b for b in loader if b["key"]]
     counts = torch.zeros(dist.world_size, dtype=torch.float64)
     counts[dist.rank] = len(batches)
@@ -256,7 +257,7 @@ def _log_window(metrics: MetricsWriter, step: int, window: dict, engine, flops_p
         log.info("step %d %s", step, " ".join(f"{k}={v}" for k, v in values.items()))
 
 
-def _export(cfg: Config, stage: Stage, engine, ckpt_dir: Path, dist: DistInfo, final: Path) -> None:
+def _export(stage: Stage, engine, ckpt_dir: Path, dist: DistInfo, final: Path) -> None:
     """Consolidated fp32 weights (zero_to_fp32) of the trained module, written by rank 0."""
     barrier()
     tag = checkpoint.latest_tag(ckpt_dir)

@@ -1,36 +1,28 @@
-"""Run the training stages a config asks for, under whatever launcher started the processes.
+"""Run the training stages a config asks for, under whatever launcher started the processes
+(the command line is ``command.py``).
 
-``deepspeed launchers/train.py --config configs/X.yaml [key=value ...] [--resume] [--dry-run]``
-(or ``torchrun``, or plain ``python``). Everything that can be checked is checked before any
-work starts (no corpus written, no process group formed): the config, the stages' dependencies,
-the DeepSpeed batch arithmetic at the launcher's world size, and that every rank gets a
-validation shard. ``--resume`` without a checkpoint trains from the start (with a warning), so
-a job script may always pass it. Failures end in one ``train: error:`` line that says the fix.
+Everything that can be checked is checked before any work starts (no corpus written, no process
+group formed): the config, the stages' dependencies, the DeepSpeed batch arithmetic at the
+launcher's world size, and that every rank gets a validation shard. ``--resume`` without a
+checkpoint trains from the start (with a warning), so a job script may always pass it.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import sys
 from pathlib import Path
 
 import deepspeed
 import torch
 
-from ..config import STAGES, Config, ConfigError, dump_config, load_config
+from ..config import STAGES, Config, ConfigError, dump_config
 from ..data.corpus import ensure_corpus_on_rank
-from ..data.format import SampleError
 from ..data.manifest import MANIFEST, Manifest
-from .checkpoint import CheckpointError
 from .distributed import barrier, init_distributed
 from .ds_config import build_deepspeed_config
 from .loop import train_stage
 from .release import export_release
 from .stages import missing_dependencies, stage_weights
-
-log = logging.getLogger(__name__)
 
 
 def planned_stages(cfg: Config) -> list[str]:
@@ -95,45 +87,3 @@ def run(cfg: Config, resume: bool = False) -> Path:
         # clean, after a failure too
         deepspeed.comm.destroy_process_group()
     return release
-
-
-def _peer_failure(exc: BaseException) -> bool:
-    """A collective that failed because another rank died or hung (gloo raises plain RuntimeErrors)."""
-    return isinstance(exc, torch.distributed.DistError) or any(
-        s in str(exc) for s in ("gloo", "NCCL", "Connection reset", "Connection closed", "Timed out"))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML config (configs/*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of each stage")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [rank {os.environ.get('RANK', 0)}] "
-                                                   "%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.dry_run:
-            print(dump_config(cfg))
-            return 0
-        run(cfg, resume=args.resume)
-    except (ConfigError, FileNotFoundError, CheckpointError) as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
-        return 2
-    except (SampleError, RuntimeError) as exc:
-        rank, text = os.environ.get("RANK", "0"), str(exc)
-        if isinstance(exc, SampleError) or "SampleError: " in text:  # a DataLoader worker re-raises it wrapped
-            sample = text.rsplit("SampleError: ", 1)[-1].strip()
-            print(f"train: error: rank {rank} met a bad sample: {sample}. Fix or remove it, or set "
-                  f"data.on_error=skip to leave bad samples out (listed in stages/<stage>/dropped.json)",
-                  file=sys.stderr)
-            return 2
-        if not _peer_failure(exc):
-            raise
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        print(f"train: error: rank {rank} lost its peers ({first}): another rank died or hung, see its log. "
-              f"Relaunch with --resume to continue from the last complete checkpoint", file=sys.stderr)
-        return 3
-    return 0

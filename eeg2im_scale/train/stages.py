@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config import STAGES, Config, TrainConfig
+from ..config import (STAGES, Config, DataConfig, DiffusionConfig, HighLevelConfig, LowLevelConfig,
+                      TrainConfig)
 from ..data.manifest import Manifest
 from ..models.autoencoder import ImageAutoencoder, to_unit_range
 from ..models.eeg_encoders import HighLevelEncoder, LowLevelEncoder
@@ -26,6 +26,7 @@ from ..models.sampling import make_train_scheduler, noised_input_and_target
 from ..models.build import (Geometry, build_highlevel, build_lowlevel, build_teacher_model, build_unet, condition,
                             frozen, load_prefixed)
 from ..models.teacher import Teacher, flip_and_shift
+from .checkpoint import Stateful
 from .ema import EMA, ema_beta
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,8 @@ class ShuffledLabels:
     for the teacher and the EEG encoder alike, so distillation cannot bring the true labels back.
     Images outside the training split keep their labels: validation measures the true ones."""
 
-    def __init__(self, cfg: Config):
-        self.by_image = Manifest.for_data(cfg.data).shuffled_image_labels(cfg.data.split_by, cfg.train.seed)
+    def __init__(self, data_cfg: DataConfig, seed: int):
+        self.by_image = Manifest.for_data(data_cfg).shuffled_image_labels(data_cfg.split_by, seed)
 
     def __call__(self, batch: dict) -> torch.Tensor:
         true = batch["label"]
@@ -109,12 +110,16 @@ class TeacherModule(StageModule):
 class LowLevelModule(StageModule):
     """Image autoencoder and low-level EEG encoder, trained jointly."""
 
-    def __init__(self, autoencoder: ImageAutoencoder, encoder: LowLevelEncoder, cfg: Config, dtype: torch.dtype):
+    def __init__(self, autoencoder: ImageAutoencoder, encoder: LowLevelEncoder, low_cfg: LowLevelConfig,
+                 dtype: torch.dtype):
         super().__init__(dtype)
-        self.autoencoder, self.encoder, self.cfg = autoencoder, encoder, cfg.model.lowlevel
-        low = cfg.model.lowlevel  # a training-only head: the release keeps the encoder alone
-        self.layout_head = nn.Linear(low.latent_dim, 3 * low.colour_layout_size ** 2) if low.colour_layout_weight else None
-        self.colour_head = nn.Linear(low.latent_dim, low.colour_distribution_bins) if low.colour_distribution_weight else None
+        self.autoencoder, self.encoder, self.low_cfg = autoencoder, encoder, low_cfg
+        # training-only heads: the release keeps the encoder alone
+        dim = low_cfg.latent_dim
+        self.layout_head = (nn.Linear(dim, 3 * low_cfg.colour_layout_size ** 2)
+                            if low_cfg.colour_layout_weight else None)
+        self.colour_head = (nn.Linear(dim, low_cfg.colour_distribution_bins)
+                            if low_cfg.colour_distribution_weight else None)
 
     def forward(self, batch: dict):
         images = _images(batch, self.dtype)
@@ -122,17 +127,17 @@ class LowLevelModule(StageModule):
         eeg_latent = self.encoder(batch["eeg"])
         layout = self.layout_head(eeg_latent).float() if self.layout_head is not None else None
         colour = self.colour_head(eeg_latent).float() if self.colour_head is not None else None
-        return lowlevel_loss(recon.float(), images.float(), eeg_latent.float(), image_latent.float(), self.cfg,
+        return lowlevel_loss(recon.float(), images.float(), eeg_latent.float(), image_latent.float(), self.low_cfg,
                              layout, colour)
 
 
 class HighLevelModule(StageModule):
     """EEG semantic encoder distilled from the (frozen) fine-tuned teacher."""
 
-    def __init__(self, encoder: HighLevelEncoder, teacher: nn.Module, cfg: Config, dtype: torch.dtype,
+    def __init__(self, encoder: HighLevelEncoder, teacher: nn.Module, high_cfg: HighLevelConfig, dtype: torch.dtype,
                  shuffled: ShuffledLabels | None = None):
         super().__init__(dtype)
-        self.encoder, self.cfg, self.shuffled = encoder, cfg.model.highlevel, shuffled
+        self.encoder, self.high_cfg, self.shuffled = encoder, high_cfg, shuffled
         self._teacher = [teacher]  # a list keeps it out of the module tree (not trained, cast or saved)
 
     def frozen_forward(self, batch: dict):
@@ -143,7 +148,7 @@ class HighLevelModule(StageModule):
         outputs = {k: v.float() for k, v in self.encoder(batch["eeg"]).items()}
         teacher_logits, teacher_features = self.frozen_forward(batch)
         labels = _training_labels(batch, self.shuffled)
-        loss, terms = highlevel_loss(outputs, labels, teacher_logits.float(), teacher_features.float(), self.cfg)
+        loss, terms = highlevel_loss(outputs, labels, teacher_logits.float(), teacher_features.float(), self.high_cfg)
         terms["accuracy"] = (outputs["logits"].argmax(1) == labels).float().mean()
         return loss, terms
 
@@ -151,15 +156,15 @@ class HighLevelModule(StageModule):
 class DiffusionModule(StageModule):
     """DDPM training of the FiLM UNet on the frozen encoders' conditioning vector."""
 
-    def __init__(self, unet: FiLMUNet, high: HighLevelEncoder, low: LowLevelEncoder, cfg: Config,
+    def __init__(self, unet: FiLMUNet, high: HighLevelEncoder, low: LowLevelEncoder, diffusion_cfg: DiffusionConfig,
                  dtype: torch.dtype, compile_backend: str | None = None):
         super().__init__(dtype)
         if compile_backend:
             unet.compile(backend=compile_backend)  # in place: state-dict keys stay the eager UNet's
         self.unet = unet
         self._encoders = [high, low]
-        self.condition_on = cfg.model.diffusion.condition_on
-        self.scheduler = make_train_scheduler(cfg.model.diffusion)
+        self.condition_on = diffusion_cfg.condition_on
+        self.scheduler = make_train_scheduler(diffusion_cfg)
 
     def frozen_forward(self, batch: dict) -> torch.Tensor:
         with torch.no_grad():
@@ -192,11 +197,9 @@ class Stage:
     def after_step(self, images_per_step: int) -> None:
         """Called after every optimizer step."""
 
-    def save_extra_state(self, tag_dir: Path, is_main: bool) -> None:
-        """Extra state beside DeepSpeed's (rank 0 writes; called on every rank)."""
-
-    def load_extra_state(self, tag_dir: Path) -> None:
-        """Restore what :meth:`save_extra_state` wrote."""
+    def stateful(self) -> dict[str, Stateful]:
+        """State beside the engine's that a checkpoint must carry, identical on every rank."""
+        return {}
 
     def export_tensors(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return state
@@ -217,12 +220,8 @@ class DiffusionStage(Stage):
     def after_step(self, images_per_step: int) -> None:
         self.ema.update(self.engine.module.unet, ema_beta(images_per_step, self.halflife_kimg))
 
-    def save_extra_state(self, tag_dir: Path, is_main: bool) -> None:
-        if is_main:
-            save_file(self.ema.state_dict(), str(tag_dir / "ema.safetensors"))
-
-    def load_extra_state(self, tag_dir: Path) -> None:
-        self.ema.load_state_dict(load_file(str(tag_dir / "ema.safetensors")))
+    def stateful(self) -> dict[str, Stateful]:
+        return {"ema": self.ema}
 
     def export_tensors(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {**state, **{f"ema.unet.{k}": v for k, v in self.ema.state_dict().items()}}
@@ -239,26 +238,28 @@ def unet_compile_backend(cfg: TrainConfig, device: torch.device) -> str | None:
 
 def build_stage(name: str, cfg: Config, device: torch.device, dtype: torch.dtype = torch.float32) -> Stage:
     """The stage ``name`` with its frozen dependencies loaded from earlier stages' exports."""
-    geo = Geometry(cfg, Manifest.for_data(cfg.data).selected_info)
+    geo = Geometry(cfg.data, Manifest.for_data(cfg.data).selected_info)
     missing = missing_dependencies(cfg, [name])
     if missing:
         raise FileNotFoundError(f"stage {name} needs {', '.join(str(stage_weights(cfg, m)) for m in missing)}; "
                                 f"train those stages first (train.stage={missing[0]} or train.stage=all)")
-    shuffled = ShuffledLabels(cfg) if cfg.train.shuffle_labels else None
+    shuffled = ShuffledLabels(cfg.data, cfg.train.seed) if cfg.train.shuffle_labels else None
     if name == "teacher":
         augment = cfg.model.teacher.flips if cfg.model.teacher.augment else None
-        return Stage(name, TeacherModule(build_teacher_model(cfg, geo), augment, dtype, shuffled))
+        return Stage(name, TeacherModule(build_teacher_model(cfg.model, geo), augment, dtype, shuffled))
     if name == "lowlevel":
-        return Stage(name, LowLevelModule(*build_lowlevel(cfg, geo), cfg, dtype))
+        return Stage(name, LowLevelModule(*build_lowlevel(cfg.model, geo), cfg.model.lowlevel, dtype))
     if name == "highlevel":
         # the fine-tuned export replaces any ImageNet weights, so none are looked up here
         teacher = load_prefixed(Teacher(cfg.model.teacher, geo.num_classes), stage_weights(cfg, "teacher"), "teacher")
-        return Stage(name, HighLevelModule(build_highlevel(cfg, geo), frozen(teacher, device), cfg, dtype, shuffled))
+        encoder = build_highlevel(cfg.model, geo)
+        return Stage(name, HighLevelModule(encoder, frozen(teacher, device), cfg.model.highlevel, dtype, shuffled))
     if name == "diffusion":
-        high = load_prefixed(build_highlevel(cfg, geo), stage_weights(cfg, "highlevel"), "encoder")
-        low = load_prefixed(build_lowlevel(cfg, geo)[1], stage_weights(cfg, "lowlevel"), "encoder")
+        high = load_prefixed(build_highlevel(cfg.model, geo), stage_weights(cfg, "highlevel"), "encoder")
+        low = load_prefixed(build_lowlevel(cfg.model, geo)[1], stage_weights(cfg, "lowlevel"), "encoder")
         backend = unet_compile_backend(cfg.train, device)
         log.info("diffusion UNet: %s", f"torch.compile(backend={backend!r})" if backend else "eager (not compiled)")
-        module = DiffusionModule(build_unet(cfg, geo), frozen(high, device), frozen(low, device), cfg, dtype, backend)
+        module = DiffusionModule(build_unet(cfg.model, geo), frozen(high, device), frozen(low, device),
+                                 cfg.model.diffusion, dtype, backend)
         return DiffusionStage(module, cfg.train.ema_halflife_kimg, cfg.train.zero_stage)
     raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")

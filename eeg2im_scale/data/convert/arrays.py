@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ..splits import SPLITS
 from ..writer import CorpusInfo
 from .common import (ConvertError, ConvertOptions, Trial, check_eeg_array, load_cached, load_npy,
                      placeholder_channels, select_classes, write_trials)
@@ -21,7 +22,6 @@ from .common import (ConvertError, ConvertOptions, Trial, check_eeg_array, load_
 NPZ_KEY = "eeg"
 REQUIRED = ("image", "label", "subject")
 INTEGER_COLUMNS = ("subject", "block", "session")
-SPLITS = ("train", "val", "test")
 
 
 def _npz(path, keys: tuple[str, ...]) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..splits import SPLITS
 from ..writer import CorpusInfo
 from .common import (ConvertError, ConvertOptions, TorchTrialReader, Trial, as_int, drop_reason,
                      load_cached, load_torch, placeholder_channels, require_keys, resolve_images, select_classes,
@@ -20,7 +21,6 @@ from .common import (ConvertError, ConvertOptions, TorchTrialReader, Trial, as_i
 
 SFREQ = 1000.0
 LENGTH_BOUNDS = (450, 600)  # what the release's own loaders keep
-SPLIT_NAMES = ("train", "val", "test")
 
 
 def _check_trial(path, i: int, entry, n_labels: int, n_images: int, channels: int | None) -> tuple[int, int, int, int]:
@@ -64,9 +64,9 @@ def _release_splits(path, split_index: int, n_trials: int) -> dict[int, str]:
     if not 0 <= split_index < len(splits):
         raise ConvertError(path, f"--split-index {split_index} is not one of the {len(splits)} splits", "splits")
     where = f"splits[{split_index}]"
-    require_keys(path, splits[split_index], SPLIT_NAMES, where)
+    require_keys(path, splits[split_index], SPLITS, where)
     split_of: dict[int, str] = {}
-    for name in SPLIT_NAMES:
+    for name in SPLITS:
         for pos, value in enumerate(splits[split_index][name]):
             i, at = as_int(value), f"{where}[{name!r}][{pos}]"
             if i is None or not 0 <= i < n_trials:
