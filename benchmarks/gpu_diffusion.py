@@ -394,7 +394,7 @@ def save(report: dict, out: Path, with_plot: bool = True) -> None:
 
 # ---- main ---------------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for gpu_diffusion.json and gpu_diffusion.png")
     ap.add_argument("--quick", action="store_true", help="CPU smoke run: 16 px, tiny model, 2 steps")
@@ -413,7 +413,24 @@ def main(argv: list[str] | None = None) -> int:
                     help="after each row's timed steps, profile this many more and store the top ops (0: off)")
     ap.add_argument("--time-budget-s", type=float, default=0, help="skip the remaining rows after this (0: none)")
     args = ap.parse_args(argv)
+    args.sizes = args.sizes or ([16] if args.quick else [64, 128])
+    args.batch_sizes = args.batch_sizes or ([4] * len(args.sizes) if args.quick else
+                                            [DEFAULT_BATCH.get(size, 32) for size in args.sizes])
+    if len(args.batch_sizes) != len(args.sizes):
+        ap.error("--batch-sizes needs one value per --sizes entry")
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
+    args.steps = args.steps if args.steps is not None else (2 if args.quick else 20)
+    for option in ("engines", "compile_engines"):
+        names = [n.strip() for n in getattr(args, option).split(",") if n.strip()]
+        bad = [n for n in names if n != "ddp" and not (n.startswith("zero") and n[4:] in ("0", "1", "2", "3"))]
+        if bad:
+            ap.error(f"unknown engine(s) {bad}: use ddp, zero0..zero3")
+        setattr(args, option, names)
+    return ap, args
 
+
+def make_context(args: argparse.Namespace) -> types.SimpleNamespace:
+    """The device, the (--quick: shrunk) model config and the run's settings every row reads."""
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -421,44 +438,44 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     cfg = load_config(args.config)
     dcfg = cfg.model.diffusion
-    sizes = args.sizes or ([16] if args.quick else [64, 128])
-    batches = args.batch_sizes or ([4] * len(sizes) if args.quick else [DEFAULT_BATCH.get(s, 32) for s in sizes])
-    if len(batches) != len(sizes):
-        ap.error("--batch-sizes needs one value per --sizes entry")
     if args.quick:
         dcfg = dataclasses.replace(dcfg, block_channels=tuple(32 for _ in dcfg.block_channels), layers_per_block=1)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
-    steps = args.steps if args.steps is not None else (2 if args.quick else 20)
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-
-    ctx = types.SimpleNamespace(device=device, cfg=cfg, dcfg=dcfg, cond_dim=condition_dim(cfg.model), lr=cfg.train.diffusion.lr, warmup=warmup, steps=steps,
+    ctx = types.SimpleNamespace(device=device, cfg=cfg, dcfg=dcfg, cond_dim=condition_dim(cfg.model),
+                                lr=cfg.train.diffusion.lr, warmup=args.warmup, steps=args.steps,
                                 compile_backend="inductor" if device.type == "cuda" else "aot_eager",
-                                compile_used=False, profile=args.profile, budget_s=args.time_budget_s, t_start=time.perf_counter(),
-                                flops={}, log=lambda s: print(s, file=sys.stderr, flush=True))
-    env = environment(device)
-    gpu = env.get("gpu", "")
+                                compile_used=False, profile=args.profile, budget_s=args.time_budget_s,
+                                t_start=time.perf_counter(), flops={}, log=lambda s: print(s, file=sys.stderr, flush=True))
+    ctx.env = environment(device)
+    gpu = ctx.env.get("gpu", "")
     ctx.peak_tflops = bf16_peak(gpu) if gpu else None
     ctx.matmul_tflops = None
     if device.type == "cuda":
         try:
             ctx.matmul_tflops = round(matmul_tflops(device), 1)
         except Exception as exc:  # noqa: BLE001
-            env["matmul_error"] = str(exc)
-    env["bf16_dense_peak_tflops"] = ctx.peak_tflops
-    env["bf16_peak_source"] = (f"datasheet table entry matching {gpu!r}" if ctx.peak_tflops else "no table entry")
-    env["measured_bf16_matmul_tflops"] = ctx.matmul_tflops
-    report = {
+            ctx.env["matmul_error"] = str(exc)
+    ctx.env["bf16_dense_peak_tflops"] = ctx.peak_tflops
+    ctx.env["bf16_peak_source"] = (f"datasheet table entry matching {gpu!r}" if ctx.peak_tflops else "no table entry")
+    ctx.env["measured_bf16_matmul_tflops"] = ctx.matmul_tflops
+    return ctx
+
+
+def new_report(ctx, args: argparse.Namespace) -> dict:
+    dcfg, device = ctx.dcfg, ctx.device
+    config = args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config
+    return {
         "benchmark": "gpu_diffusion",
-        "environment": env,
-        "model": {"config": str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
-                  "block_channels": list(dcfg.block_channels), "attention_levels": list(dcfg.attention_levels),
-                  "layers_per_block": dcfg.layers_per_block, "cond_dim": ctx.cond_dim,
-                  "attention_head_dim": None, "prediction_type": dcfg.prediction_type,
+        "environment": ctx.env,
+        "model": {"config": str(config), "block_channels": list(dcfg.block_channels),
+                  "attention_levels": list(dcfg.attention_levels), "layers_per_block": dcfg.layers_per_block,
+                  "cond_dim": ctx.cond_dim, "attention_head_dim": None, "prediction_type": dcfg.prediction_type,
                   "quick_override": "block_channels 32 per level, layers_per_block 1" if args.quick else None},
-        "method": {"quick": args.quick, "image_sizes": sizes, "batch_sizes": {str(s): b for s, b in zip(sizes, batches)},
-                   "warmup_steps_discarded": warmup, "timed_steps": steps,
+        "method": {"quick": args.quick, "image_sizes": args.sizes,
+                   "batch_sizes": {str(s): b for s, b in zip(args.sizes, args.batch_sizes)},
+                   "warmup_steps_discarded": args.warmup, "timed_steps": args.steps,
                    "data": "synthetic tensors pre-made on the device (4 batches in rotation): compute only, no data wait",
+                   "step": "train.stages.DiffusionModule.forward with the conditioning vector given (UNetStep): "
+                           "float32 noise schedule and target, the UNet input in the compute dtype",
                    "precision_plain": "fp32 weights + torch.autocast(bfloat16); torch.optim.AdamW (foreach); grad clip 1.0",
                    "precision_deepspeed": "repo build_deepspeed_config: bf16 weights, fp32 master, torch_adam AdamW (fused), "
                                           "WarmupCosineLR, grad clip 1.0",
@@ -466,8 +483,8 @@ def main(argv: list[str] | None = None) -> int:
                             "attention processor, batch 2, fp32), same count for every backend",
                    "samples_per_s": "timed_steps x batch / wall time between torch.cuda.synchronize calls",
                    "peak_mem": "torch.cuda.max_memory_allocated since the row's model was built",
-                   "compile": f"torch.compile(FiLMUNet, backend={ctx.compile_backend!r}), default mode; "
-                              "compilation is inside warmup_s",
+                   "compile": f"the package's DiffusionModule compile (FiLMUNet.compile, backend={ctx.compile_backend!r}), "
+                              "default mode; compilation is inside warmup_s",
                    "engines": "1-rank process group in this process; DDP = DistributedDataParallel + plain step",
                    "oom_policy": f"retry at half the batch, at most {OOM_RETRIES} times (oom_at_batch lists failures)",
                    "tf32": device.type == "cuda",
@@ -476,69 +493,61 @@ def main(argv: list[str] | None = None) -> int:
         "flops": {},
         "results": [],
     }
-    this_run = {"argv": sys.argv[1:] if argv is None else argv, "date": env["date"], "gpu": env.get("gpu"),
-                "environment": env}
-    if args.append:
-        prev = json.loads(args.append.read_text())
-        for key in ("block_channels", "attention_levels", "layers_per_block", "cond_dim"):
-            if prev["model"].get(key) != report["model"][key]:
-                ap.error(f"--append {args.append}: model.{key} differs ({prev['model'].get(key)} vs {report['model'][key]})")
-        runs = prev.get("runs") or [{"run": 0, "argv": None, "date": prev["environment"]["date"], "gpu": prev["environment"].get("gpu"),
-                                     "total_wall_s": prev.get("total_wall_s"), "environment": prev["environment"]}]
-        report["results"] = [{**r, "run": r.get("run", 0)} for r in prev["results"]]
-        report["flops"] = prev.get("flops", {})
-        report["method"]["batch_sizes"] = {**prev["method"].get("batch_sizes", {}), **report["method"]["batch_sizes"]}
-    else:
-        runs = []
-    this_run["run"] = len(runs)
-    report["runs"] = runs + [this_run]
+
+
+def extend_report(report: dict, previous: dict, source: Path, ap: argparse.ArgumentParser) -> list[dict]:
+    """``--append``: carry ``previous``'s rows, FLOP counts and batch sizes into ``report``; → its runs."""
+    for key in ("block_channels", "attention_levels", "layers_per_block", "cond_dim"):
+        if previous["model"].get(key) != report["model"][key]:
+            ap.error(f"--append {source}: model.{key} differs ({previous['model'].get(key)} vs {report['model'][key]})")
+    runs = previous.get("runs") or [{"run": 0, "argv": None, "date": previous["environment"]["date"],
+                                     "gpu": previous["environment"].get("gpu"), "total_wall_s": previous.get("total_wall_s"),
+                                     "environment": previous["environment"]}]
+    report["results"] = [{**r, "run": r.get("run", 0)} for r in previous["results"]]
+    report["flops"] = previous.get("flops", {})
+    report["method"]["batch_sizes"] = {**previous["method"].get("batch_sizes", {}), **report["method"]["batch_sizes"]}
+    return runs
+
+
+def xformers_skip(device: torch.device) -> str | None:
+    """Why xformers cannot run here, or None."""
+    try:
+        select_attention_backend("xformers", device)
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def measure_sections(ctx, args: argparse.Namespace, report: dict, add) -> None:
+    """Every requested row, each through ``measure`` and handed to ``add``: attention backends,
+    then engines (size-major), then compiled rows last (compilation is the slowest)."""
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    rows = report["results"]
-
-    def add(row: dict) -> None:
-        row = {**row, "run": this_run["run"]}
-        rows.append(row)
-        brief = {k: row.get(k) for k in ("section", "image_size", "batch_size", "attention", "compile", "engine",
-                                         "status", "samples_per_s", "tflops", "mfu", "peak_mem_mib", "warmup_s",
-                                         "error")}
-        print(json.dumps(brief), flush=True)
-        save(report, out, with_plot=False)
-
-    for size in sizes:
-        try:
-            ctx.flops[size] = count_flops(ctx, size)
-        except Exception as exc:  # noqa: BLE001
-            ctx.flops[size] = {"training_flops_per_sample": float("nan"), "error": f"{type(exc).__name__}: {exc}"}
-        report["flops"][str(size)] = ctx.flops[size]
-    report["model"]["attention_head_dim"] = getattr(ctx, "head_dim", None)
-    print(json.dumps({"environment": env, "flops": report["flops"]}), flush=True)
-
-    def xformers_skip() -> str | None:
-        try:
-            select_attention_backend("xformers", device)
-        except Exception as exc:  # noqa: BLE001
-            return f"{type(exc).__name__}: {exc}"
-        return None
-
+    pairs = list(zip(args.sizes, args.batch_sizes))
     base = {"compile": False, "engine": "plain", "zero_stage": None}
-    if "attention" in sections:
-        for size, batch in zip(sizes, batches):
-            for backend in ("xformers", "sdpa", "naive"):
-                row = {"section": "attention", "image_size": size, "batch_size": batch, "attention": backend, **base}
-                if backend == "xformers" and (why := xformers_skip()):
+
+    def plain_rows(section: str, backends: list[str], compiled: bool, pairs: list[tuple[int, int]]) -> None:
+        for backend in backends:
+            for size, batch in pairs:
+                row = {"section": section, "image_size": size, "batch_size": batch, "attention": backend,
+                       **base, "compile": compiled}
+                if backend == "xformers" and (why := xformers_skip(ctx.device)):
                     add({**row, "status": "skipped", "error": why})
                     continue
-                add(measure(ctx, row, lambda b, s=size, k=backend: run_plain(ctx, s, b, k, False, False)))
 
-    pg = {}
+                def fn(b, s=size, k=backend):
+                    ctx.compile_used = compiled
+                    return run_plain(ctx, s, b, k, compiled, False)
+                add(measure(ctx, row, fn))
+
+    process_group = {}
 
     def process_group_error() -> str | None:
-        if not pg:
+        if not process_group:
             try:
-                pg["backend"] = report["method"]["process_group_backend"] = init_process_group(device)
+                process_group["backend"] = report["method"]["process_group_backend"] = init_process_group(ctx.device)
             except Exception as exc:  # noqa: BLE001
-                pg["error"] = f"process group: {type(exc).__name__}: {exc}"
-        return pg.get("error")
+                process_group["error"] = f"process group: {type(exc).__name__}: {exc}"
+        return process_group.get("error")
 
     def engine_rows(section: str, names: list[str], compiled: bool, pairs: list[tuple[int, int]]) -> None:
         for name in names:
@@ -557,32 +566,47 @@ def main(argv: list[str] | None = None) -> int:
                     return run_deepspeed(ctx, s, b, "sdpa", z, compiled)
                 add(measure(ctx, row, fn))
 
-    def names(text: str) -> list[str]:
-        out = [n.strip() for n in text.split(",") if n.strip()]
-        bad = [n for n in out if n != "ddp" and not (n.startswith("zero") and n[4:] in ("0", "1", "2", "3"))]
-        if bad:
-            ap.error(f"unknown engine(s) {bad}: use ddp, zero0..zero3")
-        return out
-
+    if "attention" in sections:  # size-major
+        for pair in pairs:
+            plain_rows("attention", ["xformers", "sdpa", "naive"], False, [pair])
     if "engine" in sections:  # size-major like the attention rows
-        for pair in zip(sizes, batches):
-            engine_rows("engine", names(args.engines), False, [pair])
+        for pair in pairs:
+            engine_rows("engine", args.engines, False, [pair])
+    if "compile" in sections:  # backend-major, so the first backend covers every size
+        plain_rows("compile", [b.strip() for b in args.compile_backends.split(",") if b.strip()], True, pairs)
+        engine_rows("compile", args.compile_engines, True, pairs)
 
-    if "compile" in sections:  # slowest rows last (compilation), backend-major so the first backend covers every size
-        for backend in [b.strip() for b in args.compile_backends.split(",") if b.strip()]:
-            for size, batch in zip(sizes, batches):
-                row = {"section": "compile", "image_size": size, "batch_size": batch, "attention": backend,
-                       **base, "compile": True}
-                if backend == "xformers" and (why := xformers_skip()):
-                    add({**row, "status": "skipped", "error": why})
-                    continue
 
-                def fn(b, s=size, k=backend):
-                    ctx.compile_used = True
-                    return run_plain(ctx, s, b, k, True, False)
-                add(measure(ctx, row, fn))
-        engine_rows("compile", names(args.compile_engines), True, list(zip(sizes, batches)))
+def main(argv: list[str] | None = None) -> int:
+    ap, args = parse_args(argv)
+    ctx = make_context(args)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    report = new_report(ctx, args)
+    this_run = {"argv": sys.argv[1:] if argv is None else argv, "date": ctx.env["date"], "gpu": ctx.env.get("gpu"),
+                "environment": ctx.env}
+    runs = extend_report(report, json.loads(args.append.read_text()), args.append, ap) if args.append else []
+    this_run["run"] = len(runs)
+    report["runs"] = runs + [this_run]
 
+    def add(row: dict) -> None:
+        row = {**row, "run": this_run["run"]}
+        report["results"].append(row)
+        brief = {k: row.get(k) for k in ("section", "image_size", "batch_size", "attention", "compile", "engine",
+                                         "status", "samples_per_s", "tflops", "mfu", "peak_mem_mib", "warmup_s",
+                                         "error")}
+        print(json.dumps(brief), flush=True)
+        save(report, out, with_plot=False)
+
+    for size in args.sizes:
+        try:
+            ctx.flops[size] = count_flops(ctx, size)
+        except Exception as exc:  # noqa: BLE001
+            ctx.flops[size] = {"training_flops_per_sample": float("nan"), "error": f"{type(exc).__name__}: {exc}"}
+        report["flops"][str(size)] = ctx.flops[size]
+    report["model"]["attention_head_dim"] = getattr(ctx, "head_dim", None)
+    print(json.dumps({"environment": ctx.env, "flops": report["flops"]}), flush=True)
+    measure_sections(ctx, args, report, add)
     report["total_wall_s"] = this_run["total_wall_s"] = round(time.perf_counter() - ctx.t_start, 1)
     save(report, out)
     try:
