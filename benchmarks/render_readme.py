@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from eeg2im_scale.bench.summaries import cost_growth
+from eeg2im_scale.eval.metric_info import display_name
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -294,10 +295,12 @@ def _gpu_sentences(configs: dict, sizes: list[int]) -> list[str]:
     return sentences
 
 
-ABLATION_COLUMNS = [("eeg_top1", "EEG top-1"), ("generated_n_way_top_k", "generated-image accuracy"),
-                    ("teacher", "teacher on real images"), ("colour_hist_distance", "colour-histogram distance"),
-                    ("hue_error", "hue error"), ("saturation_error", "saturation error"),
-                    ("brightness_error", "brightness error")]
+# the evaluator's names for its metrics (eval/metric_info.py), so the README, the report and metrics.json agree
+ABLATION_COLUMNS = [("eeg_top1", display_name("eeg_top1")),
+                    ("generated_n_way_top_k", display_name("generated_n_way_top_k").replace(" n-way top-k", "")),
+                    ("teacher", "teacher on real images"),
+                    ("colour_hist_distance", "1 − " + display_name("hist_intersection")),
+                    *((key, display_name(key)) for key in ("hue_error", "saturation_error", "brightness_error"))]
 
 
 def _mean_std(stats: dict) -> str:

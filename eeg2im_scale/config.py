@@ -93,6 +93,11 @@ class DataConfig:
     on_error: Literal["raise", "skip"] = "raise"
     synthesize: bool = True
     seed: int = 0
+    # a corpus at a URL (data/remote.py): local shard cache (null: stream every epoch), its bound, and how
+    # often a dropped connection is retried before the shard counts as bad (data.on_error)
+    cache_dir: str | None = None
+    cache_max_gb: float = 50.0
+    retries: int = 3
 
     def check(self) -> None:
         if not self.root.strip():
@@ -101,8 +106,10 @@ class DataConfig:
                               "and keep data.synthesize: true")
         for name in ("batch_size", "image_size", "shuffle_buffer"):
             _at_least_one(f"data.{name}", getattr(self, name))
-        if self.num_workers < 0 or self.samples_per_epoch < 0:
-            raise ConfigError("data.num_workers and data.samples_per_epoch must be >= 0")
+        if self.num_workers < 0 or self.samples_per_epoch < 0 or self.retries < 0:
+            raise ConfigError("data.num_workers, data.samples_per_epoch and data.retries must be >= 0")
+        if not self.cache_max_gb > 0:
+            raise ConfigError(f"data.cache_max_gb must be > 0, got {self.cache_max_gb}")
         if self.eeg_window is not None and not 0 <= self.eeg_window[0] < self.eeg_window[1]:
             raise ConfigError(f"data.eeg_window must be [start, stop) with 0 <= start < stop, got {list(self.eeg_window)}")
         try:
@@ -292,7 +299,7 @@ class TuneConfig:
     samplers: list[Literal["ddim", "dpm"]] = field(default_factory=lambda: ["ddim", "dpm"])
     sample_steps: list[int] = field(default_factory=lambda: [25, 50])
     guidance_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 5.0])
-    # the criterion (eval/selection.py BETTER says which way is better); fid/kid/inception_score need
+    # the criterion (eval/metric_info.py says which way is better); fid/kid/inception_score need
     # eval.inception_metrics, hue_error/brightness_error a corpus with recorded attributes
     metric: Literal["generated_n_way_top_k", "hist_intersection", "ssim", "pixel_correlation", "hue_emd",
                     "hue_error", "brightness_error", "fid", "kid", "inception_score"] = "generated_n_way_top_k"

@@ -49,7 +49,12 @@ def test_single_process_evaluation_writes_metrics_table_and_grid(release, tmp_pa
     values = {k: v["value"] for k, v in metrics["metrics"].items()}
     for name in ("eeg_top1", "eeg_top5", "inception_score", "fid", "kid", "generated_n_way_top_k", "real_n_way_top_k",
                  "hist_intersection", "hue_emd", "ssim", "pixel_correlation", "hue_error", "brightness_error"):
-        assert name in values and metrics["metrics"][name]["definition"], name
+        entry = metrics["metrics"][name]
+        assert name in values and entry["definition"] and entry["name"] and entry["better"] in ("higher", "lower"), name
+        assert entry["chance"] is not None or entry["chance_rule"].startswith("reference:"), name
+    for name in ("eeg_top1", "generated_n_way_top_k", "hist_intersection", "hue_emd", "hue_error", "saturation_error",
+                 "brightness_error"):  # computed chance levels: each generation against another trial's stimulus
+        assert isinstance(metrics["metrics"][name]["chance"], float), name
     test_trials = 20  # tiny_train.yaml's test split under the image scheme
     assert metrics["protocol"]["trials"] == test_trials and metrics["protocol"]["generated_images"] == 2 * test_trials
     assert metrics["protocol"]["inception"].startswith("random")
@@ -63,6 +68,7 @@ def test_single_process_evaluation_writes_metrics_table_and_grid(release, tmp_pa
     with open(out / "per_subject.csv") as f:
         rows = list(csv.DictReader(f))
     assert sum(int(r["trials"]) for r in rows) == test_trials
+    assert all(0 <= float(r["generated_n_way_top_k"]) <= 1 for r in rows)  # generated-image accuracy per subject
     assert (out / "grid.png").stat().st_size > 0
     assert metrics["protocol"]["partial"] is False and metrics["protocol"]["split_trials"] == test_trials
 
@@ -87,7 +93,7 @@ def test_only_a_complete_evaluation_into_the_release_eval_folder_rewrites_the_ca
     real = [f"run_dir={run_dir}", *overrides(release), "eval.inception_metrics=false", "eval.random_inception=false"]
     assert cli_main(["evaluate", "--config", CONFIG, *real]) == 0
     card = (run_dir / "model" / "README.md").read_text()
-    assert '"split": "test"' in card and '"eeg_top1"' in card  # the card now carries the evaluation
+    assert '"split": "test"' in card and '(`eeg_top1`)' in card and '| chance |' in card  # the card carries the evaluation
     done = subprocess.run([sys.executable, "-m", "eeg2im_scale.cli.main", "evaluate", "--config", CONFIG, *real],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "already holds an evaluation" in done.stderr and "--overwrite" in done.stderr

@@ -207,3 +207,32 @@ def test_class_images_reference_replaces_the_trials_stimuli():
     values, protocol = _metric_values(records, {**real, **extra}, reference="class_images")
     assert protocol["real_images"] == len(real) + len(extra) and "all splits" in protocol["reference"]
     assert values["fid"] != _metric_values(records)[0]["fid"]
+
+
+def test_chance_levels_pair_each_generation_with_another_stimulus():
+    """Chance for the colour measures: each generated image against the stimulus of the next trial
+    (in key order) showing another image; for EEG accuracy the best constant guess; for the
+    teacher's judgement top_k / n_way. Hand-computed on one-hot histograms and recorded colours."""
+    from eeg2im_scale.eval.evaluator import chance_levels
+
+    def one_hot(i, size):
+        v = np.zeros(size, np.float32)
+        v[i] = 1.0
+        return v
+
+    recorded = {"a": np.array([0.1, 0.5, 0.5], np.float32), "b": np.array([0.6, 0.9, 0.2], np.float32)}
+    records = []
+    for key, image, label in (("000", "a", 0), ("001", "a", 0), ("002", "b", 1)):
+        bin_ = 0 if image == "a" else 1
+        records.append({"key": key, "image_id": image, "label": label,
+                        "colour": {"fake_hsv": one_hot(bin_, 128)[None].repeat(2, 0), "real_hsv": one_hot(bin_, 128),
+                                   "fake_hue": one_hot(bin_, 36)[None].repeat(2, 0), "real_hue": one_hot(bin_, 36),
+                                   "recovered": recorded[image][None].repeat(2, 0), "recorded": recorded[image]}})
+    chance = chance_levels(records, n_way=2, top_k=1)
+    assert chance["eeg_top1"] == pytest.approx(2 / 3) and chance["eeg_top5"] == 1.0
+    assert chance["generated_n_way_top_k"] == chance["real_n_way_top_k"] == 0.5
+    assert chance["hist_intersection"] == 0.0  # every generation matches its own stimulus, none another's
+    assert chance["hue_emd"] == pytest.approx(1 / 36)  # adjacent hue bins
+    assert chance["hue_error"] == pytest.approx(0.5)
+    assert chance["saturation_error"] == pytest.approx(0.4) and chance["brightness_error"] == pytest.approx(0.3)
+    assert "ssim" not in chance and "fid" not in chance  # no chance level computed: metric_info gives a reference

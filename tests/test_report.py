@@ -78,6 +78,7 @@ def test_report_states_the_measured_numbers(run):
     for name in ("inception_score", "kid"):
         assert f">{metrics[name]['value']['mean']:.4g} ± " in html, name
     assert "randomly initialised" in html  # random-Inception numbers are flagged as not comparable
+    assert "<th>chance</th>" in html and f">{metrics['hue_error']['chance']:.4g}<" in html  # every number with its chance
     first_subject = (run / "eval" / "per_subject.csv").read_text().splitlines()[1].split(",")
     assert "".join(f'<td class="num">{v}</td>' for v in first_subject) in html
     validation = json.loads((run / "stages" / "teacher" / "validation.json").read_text())
@@ -122,3 +123,16 @@ def test_run_directory_from_the_config_as_the_quickstart_calls_it(run, tmp_path)
 def test_missing_run_directory_is_an_error(tmp_path):
     assert report_main([str(tmp_path / "absent")]) == 2
     assert report_main([]) == 2
+
+
+def test_training_curves_keep_accuracy_off_the_loss_axis_and_throughput_from_zero():
+    from eeg2im_scale.eval.report import stage_curves
+
+    records = [{"step": s, "loss/loss": 2.0 / s, "loss/ce": 1.5 / s, "loss/accuracy": 0.2 * s,
+                "samples_per_s": 900 + s, "data_wait_fraction": 0.1} for s in range(1, 5)]
+    loss_ax, accuracy_ax, speed_ax = stage_curves("teacher", records).axes[:3]
+    assert {line.get_label() for line in loss_ax.lines} == {"loss", "ce"}
+    assert [line.get_label() for line in accuracy_ax.lines] == ["accuracy"] and accuracy_ax.get_ylim() == (0, 1)
+    assert speed_ax.get_ylim()[0] == 0  # a throughput axis that starts at 900 exaggerates every wiggle
+    for ax in (loss_ax, accuracy_ax):  # legends beside the axes, not over the curves
+        assert ax.get_legend().get_bbox_to_anchor().x0 >= ax.get_window_extent().x1 - 1

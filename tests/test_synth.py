@@ -253,3 +253,21 @@ def test_a_corpus_written_with_other_synth_settings_is_not_silently_reused(tmp_p
     assert ensure_corpus(load_config("configs/synthetic_tiny.yaml", [*overrides, "synth.workers=2"])) == manifest
     with pytest.raises(ConfigError, match=r"synth.class_snr: 2.5 on disk vs 0.5.*delete"):
         ensure_corpus(load_config("configs/synthetic_tiny.yaml", [*overrides, "synth.class_snr=0.5"]))
+
+
+def test_writing_a_corpus_shows_progress_in_samples(tmp_path, monkeypatch):
+    """On a terminal the writer's bar counts samples (with a rate and ETA), not a handful of shards:
+    a long synthesis is never silent for minutes."""
+    import io
+
+    import tqdm
+
+    from eeg2im_scale.data import writer
+    from eeg2im_scale.data.corpus import write_synthetic
+
+    shown = io.StringIO()
+    real = tqdm.tqdm
+    monkeypatch.setattr(writer, "tqdm", lambda *a, **k: real(*a, **{**k, "disable": False, "file": shown}))
+    write_synthetic(SynthConfig(num_samples=30, samples_per_shard=8, num_classes=3, num_subjects=2, channels=8,
+                                time_points=32, image_size=16), tmp_path / "corpus")
+    assert "30/30" in shown.getvalue() and "sample/s" in shown.getvalue()

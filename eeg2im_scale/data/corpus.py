@@ -11,7 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..config import Config, ConfigError, SynthConfig
-from .manifest import MANIFEST, read_info
+from .manifest import MANIFEST, Manifest, read_info
+from .remote import is_url
 from .synth import SyntheticCorpus
 from .writer import CorpusInfo, RawSample, write_corpus
 
@@ -51,12 +52,15 @@ def write_synthetic(cfg: SynthConfig, out: str | Path, overwrite: bool = False) 
     num_shards = math.ceil(cfg.num_samples / per_shard)
     sources = (SynthShard(cfg, k * per_shard, min(cfg.num_samples, (k + 1) * per_shard)) for k in range(num_shards))
     return write_corpus(out, info, sources, split_fractions=cfg.split_fractions, seed=cfg.seed,
-                        workers=cfg.workers, num_shards=num_shards, overwrite=overwrite)
+                        workers=cfg.workers, num_shards=num_shards, num_samples=cfg.num_samples, overwrite=overwrite)
 
 
 def ensure_corpus(cfg: Config) -> Path:
     """The manifest of ``cfg.data.root``, synthesizing it from ``cfg.synth`` when missing and
-    ``data.synthesize`` allows it."""
+    ``data.synthesize`` allows it. A corpus at a URL is never synthesized: its manifest is
+    fetched (a local copy), and a missing one is an error naming the URL."""
+    if is_url(cfg.data.root):
+        return Manifest.for_data(cfg.data).path
     manifest = Path(cfg.data.root) / MANIFEST
     if manifest.is_file():
         if cfg.data.synthesize:
@@ -87,7 +91,7 @@ def ensure_corpus_on_rank(cfg: Config, rank: int, timeout_s: float = 24 * 3600) 
     """Rank 0 makes sure the corpus exists; the others wait for its manifest (published by an
     atomic rename, so its presence means the corpus is complete). Runs before the process group
     exists, so a long synthesis cannot trip the collective timeout."""
-    if rank == 0:
+    if rank == 0 or is_url(cfg.data.root):
         return ensure_corpus(cfg)
     manifest = Path(cfg.data.root) / MANIFEST
     deadline = time.monotonic() + timeout_s

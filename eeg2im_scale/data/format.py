@@ -15,6 +15,7 @@ import json
 import math
 import tarfile
 from collections.abc import Callable, Iterator
+from typing import BinaryIO, ContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from PIL import Image
 
 from .preprocess import square_resize
+from .remote import RemoteError
 from .tario import TarFormatError, iter_members
 
 KEY_DIGITS = 9
@@ -216,9 +218,15 @@ def decode_sample(raw: dict, shard: str, eeg_shape: tuple[int, int], eeg_out: to
     return Decoded(key=key, eeg=eeg, image=image, meta=meta)
 
 
+def _open_local(path: str | Path) -> BinaryIO:
+    return open(path, "rb")
+
+
 def read_shard(path: str | Path, expected_count: int | None = None,
-               keep: Callable[[str], bool] | None = None) -> Iterator[dict]:
-    """Stream raw samples (``{"__key__", "__url__", field: bytes}``) from one tar shard.
+               keep: Callable[[str], bool] | None = None,
+               opener: Callable[[str], ContextManager[BinaryIO]] = _open_local) -> Iterator[dict]:
+    """Stream raw samples (``{"__key__", "__url__", field: bytes}``) from one tar shard, opened
+    by ``opener`` (a local file by default; ``remote.RemoteOptions.open`` for a corpus at a URL).
 
     Samples whose key ``keep`` rejects (another split's) are counted but neither read nor
     yielded: their bytes are skipped. A truncated or corrupt tar raises :class:`SampleError` with
@@ -230,7 +238,7 @@ def read_shard(path: str | Path, expected_count: int | None = None,
     current_key = None
     count = 0
     try:
-        for name, data in _members(path, keep):
+        for name, data in _members(shard, keep, opener):
             key, field = _key_of(name), name.rsplit("/", 1)[-1].partition(".")[2]
             if key != current_key:
                 if current is not None:
@@ -247,7 +255,8 @@ def read_shard(path: str | Path, expected_count: int | None = None,
             if current is not None:  # this one is complete
                 yield current
             current_key = failed_key
-        raise SampleError(shard, current_key, "tar", f"truncated or corrupt shard ({exc})") from None
+        problem = str(exc) if isinstance(exc, RemoteError) else f"truncated or corrupt shard ({exc})"
+        raise SampleError(shard, current_key, "tar", problem) from None
     if expected_count is not None and count + (current_key is not None) < expected_count:
         # cut at a member boundary: the last sample may lack members, so it is not trusted
         raise SampleError(shard, current_key, "tar", f"truncated shard: it ends in this sample, the "
@@ -260,13 +269,14 @@ def _key_of(member_name: str) -> str:
     return member_name.rsplit("/", 1)[-1].partition(".")[0]
 
 
-def _members(path: str | Path, keep: Callable[[str], bool] | None) -> Iterator[tuple[str, bytes | None]]:
+def _members(path: str, keep: Callable[[str], bool] | None,
+             opener: Callable[[str], ContextManager[BinaryIO]]) -> Iterator[tuple[str, bytes | None]]:
     """``(name, data or None)`` of the shard's regular members: :func:`tario.iter_members`, or
     ``tarfile`` from where that stopped for tars with PAX/GNU extension headers (not written here)."""
     wanted = (lambda name: keep(_key_of(name))) if keep else (lambda name: True)
     done = 0
     try:
-        with open(path, "rb") as fileobj:
+        with opener(path) as fileobj:
             for member in iter_members(fileobj, wanted):
                 done += 1
                 yield member
@@ -274,7 +284,7 @@ def _members(path: str | Path, keep: Callable[[str], bool] | None) -> Iterator[t
     except TarFormatError as exc:
         if not exc.unsupported:
             raise
-    with open(path, "rb") as fileobj, tarfile.open(fileobj=fileobj, mode="r|") as tar:
+    with opener(path) as fileobj, tarfile.open(fileobj=fileobj, mode="r|") as tar:
         regular = (info for info in tar if info.isreg())
         for info in itertools.islice(regular, done, None):
             if not wanted(info.name):

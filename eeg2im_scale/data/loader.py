@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import random
 import weakref
 from dataclasses import dataclass, field
@@ -35,8 +34,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import DataConfig
 from .format import SampleError, decode_sample, read_shard, sample_key
-from .manifest import MANIFEST, Manifest, ShardEntry
+from .manifest import Manifest, ShardEntry
 from .preprocess import EEGPreprocess, bandpass_sos, prepare_image
+from .remote import RemoteOptions, relative_to
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ def split_by_worker(shards: list, worker: int, num_workers: int) -> list:
 
 
 @lru_cache(maxsize=16)
-def _shard_indices(root: str, shard: str) -> np.ndarray:
+def _shard_indices(manifest_path: str, shard: str) -> np.ndarray:
     """The sample indices the manifest places in ``shard`` (read only when a shard is found broken)."""
-    table = pq.read_table(os.path.join(root, MANIFEST), columns=["index", "shard"])
+    table = pq.read_table(manifest_path, columns=["index", "shard"])
     return table.column("index").filter(pc.equal(table.column("shard"), shard)).to_numpy()
 
 
@@ -66,7 +66,9 @@ def _seed(*parts: int) -> int:
 class StreamPlan:
     """Everything a worker needs to build its stream; picklable so it travels to workers."""
 
-    root: str
+    root: str  # a directory or a URL (data/remote.py)
+    manifest_path: str  # local: the manifest itself, or its downloaded copy
+    remote: RemoteOptions
     shards: list[ShardEntry]
     member: np.ndarray  # bool mask by sample index
     label_map: np.ndarray  # stored label -> training label (data.classes re-indexing)
@@ -97,13 +99,13 @@ class StreamPlan:
             return bool(self.member[index])
 
         try:
-            for raw in read_shard(entry.path, entry.total, keep=in_split):
+            for raw in read_shard(entry.path, entry.total, keep=in_split, opener=self.remote.open):
                 delivered.add(int(raw["__key__"]))
                 yield raw
         except SampleError as err:
             if self.on_error == "raise":
                 raise
-            indices = _shard_indices(self.root, os.path.relpath(entry.path, self.root))
+            indices = _shard_indices(self.manifest_path, relative_to(self.root, entry.path))
             lost = [sample_key(i) for i in indices if self.member[i] and i not in delivered]
             dropped.append({**err.record(), "lost": lost})
 
@@ -374,7 +376,7 @@ class EEGImageLoader:
             sos = bandpass_sos(*cfg.bandpass, float(self.manifest.info["sfreq"])) if cfg.bandpass else None
             preprocess = EEGPreprocess(tuple(cfg.eeg_window) if cfg.eeg_window else None, mean, std, sos)
         self.plan = StreamPlan(
-            root=str(cfg.root), shards=shards,
+            root=str(cfg.root), manifest_path=str(self.manifest.path), remote=self.manifest.remote, shards=shards,
             member=self.manifest.membership(cfg.split_by, split),
             label_map=self.manifest.label_map,
             eeg_shape=(channels, time_points),

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .format import load_npy, read_shard
+from .remote import RemoteOptions, is_url, join, local_copy
 from .splits import SCHEMES, SPLITS, Scheme, parse_scheme
 from .writer import MANIFEST, META_KEY, GroupSums
 
@@ -29,6 +30,11 @@ class ShardEntry:
     path: str
     in_split: int  # samples of the requested split in this shard
     total: int  # all samples in this shard (to detect truncation)
+
+
+def remote_options(data) -> RemoteOptions:
+    """A ``DataConfig``'s settings for a corpus at a URL."""
+    return RemoteOptions(data.cache_dir, data.cache_max_gb, data.retries)
 
 
 def read_info(path: Path) -> dict:
@@ -50,9 +56,16 @@ class Manifest:
     the given order; ``class_names``, ``label_map`` and ``class_subset`` describe the result.
     """
 
-    def __init__(self, root: str | Path, classes: list[str] | None = None):
-        self.root = Path(root)
-        self.path = self.root / MANIFEST
+    def __init__(self, root: str | Path, classes: list[str] | None = None, remote: RemoteOptions | None = None):
+        self.remote = remote or RemoteOptions()
+        if is_url(str(root)):  # read from a local copy; shards stay at the URL
+            self.root = str(root)
+            self.path = local_copy(self.root, MANIFEST, self.remote.cache_dir, self.remote.retries)
+            self.cache_folder = self.path.parent
+        else:
+            self.root = Path(root)
+            self.path = self.root / MANIFEST
+            self.cache_folder = self.root
         if not self.path.is_file():
             raise FileNotFoundError(
                 f"no corpus at {self.root}: {self.path} is missing. Write one with "
@@ -70,8 +83,8 @@ class Manifest:
 
     @classmethod
     def for_data(cls, data) -> Manifest:
-        """The manifest as a ``DataConfig`` sees it (its root and class subset)."""
-        return cls(data.root, data.classes)
+        """The manifest as a ``DataConfig`` sees it (its root, class subset and remote options)."""
+        return cls(data.root, data.classes, remote_options(data))
 
     def _select_classes(self, classes: list[str] | None) -> None:
         all_names = list(self.info["class_names"])
@@ -165,7 +178,7 @@ class Manifest:
         names = shard_col.dictionary.to_pylist()
         totals = np.bincount(codes, minlength=len(names))
         in_split = np.bincount(codes, weights=mask[self._index], minlength=len(names)).astype(int)
-        entries = [ShardEntry(str(self.root / names[c]), int(in_split[c]), int(totals[c]))
+        entries = [ShardEntry(join(str(self.root), names[c]), int(in_split[c]), int(totals[c]))
                    for c in range(len(names)) if in_split[c] > 0]
         return sorted(entries, key=lambda e: e.path)
 
@@ -174,7 +187,8 @@ class Manifest:
         entries = self._shards_of(self.membership(scheme, split))
         if not entries:
             raise ValueError(f"{self.path}: split '{split}' of scheme '{scheme}' is empty")
-        missing = [e.path for e in entries if not os.path.isfile(e.path)]
+        # a URL's shards are checked when streamed (a listing per shard would cost a request each)
+        missing = [] if is_url(str(self.root)) else [e.path for e in entries if not os.path.isfile(e.path)]
         if missing:
             raise FileNotFoundError(f"{missing[0]}: shard listed in {self.path} is missing"
                                     f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; {REWRITE}")
@@ -225,7 +239,7 @@ class Manifest:
         only costs the cache."""
         stat = self.path.stat()
         fingerprint = [stat.st_size, stat.st_mtime_ns]
-        cache = self.root / STATS_CACHE / f"{hashlib.sha256(scheme.encode()).hexdigest()[:16]}.json"
+        cache = self.cache_folder / STATS_CACHE / f"{hashlib.sha256(scheme.encode()).hexdigest()[:16]}.json"
         if cache.is_file():
             cached = json.loads(cache.read_text())
             if cached["scheme"] == scheme and cached["manifest"] == fingerprint:
@@ -233,7 +247,8 @@ class Manifest:
         mask = self._mask(self._rows_in(scheme, "train"))
         sums = GroupSums()
         for entry in self._shards_of(mask):
-            for raw in read_shard(entry.path, entry.total, keep=lambda key: bool(mask[int(key)])):
+            for raw in read_shard(entry.path, entry.total, keep=lambda key: bool(mask[int(key)]),
+                                  opener=self.remote.open):
                 sums.add("train", load_npy(raw["eeg.npy"]))
         moments = sums.moments(["train"])
         if moments is None:

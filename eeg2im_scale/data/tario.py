@@ -4,7 +4,8 @@ Why not ``tarfile``: profiling the training stream showed ``tarfile``'s stream m
 time on each 512-byte header (object construction, name/number decoding, its own buffering)
 than the loader spends decoding the sample's EEG, and it reads the bytes of every member, also
 those of samples that belong to another split. This reader parses the fields a shard needs
-(name, size, type, checksum) and moves past unwanted members with ``seek``. Anything unusual
+(name, size, type, checksum) and moves past unwanted members with ``seek`` (on a stream that
+cannot seek, a remote shard, by reading and dropping their bytes). Anything unusual
 (PAX or GNU extension headers, base-256 sizes, a bad checksum) is handed to the caller as
 :class:`TarFormatError` so that it can fall back or fail; shards written by
 :mod:`eeg2im_scale.data.writer` never contain such headers.
@@ -21,6 +22,7 @@ BLOCK = 512
 _REGULAR = (b"0", b"\x00")
 _EXTENSIONS = (b"x", b"g", b"L", b"K")  # PAX and GNU long-name headers: left to tarfile
 _ADLER_MOD = 65521
+_DROP_CHUNK = 1 << 20
 
 
 class TarFormatError(Exception):
@@ -69,7 +71,7 @@ def iter_members(fileobj: BinaryIO, wanted: Callable[[str], bool] = lambda name:
     accepts; a shard cut exactly there is caught by its caller's sample count). A partial header,
     a short member, or a bad checksum raises :class:`TarFormatError`.
     """
-    end = os.fstat(fileobj.fileno()).st_size
+    end = os.fstat(fileobj.fileno()).st_size if fileobj.seekable() else None
     while True:
         header = fileobj.read(BLOCK)
         if not header or header == bytes(BLOCK):
@@ -99,7 +101,17 @@ def iter_members(fileobj: BinaryIO, wanted: Callable[[str], bool] = lambda name:
         yield name, data
 
 
-def _skip(fileobj: BinaryIO, count: int, end: int, name: str) -> None:
-    """Seek past ``count`` bytes; seeking beyond the end does not fail, so the end is checked."""
-    if count and fileobj.seek(count, 1) > end:
-        raise TarFormatError(f"member {name} is cut off by the end of the file", member=name)
+def _skip(fileobj: BinaryIO, count: int, end: int | None, name: str) -> None:
+    """Move past ``count`` bytes: seek in a file (seeking beyond the end does not fail, so the end
+    is checked), read and drop them from a stream (``end`` None)."""
+    if not count:
+        return
+    if end is not None:
+        if fileobj.seek(count, 1) > end:
+            raise TarFormatError(f"member {name} is cut off by the end of the file", member=name)
+        return
+    while count > 0:
+        chunk = fileobj.read(min(count, _DROP_CHUNK))
+        if not chunk:
+            raise TarFormatError(f"member {name} is cut off by the end of the stream", member=name)
+        count -= len(chunk)

@@ -172,8 +172,9 @@ def _run_task(task) -> tuple[list[dict], GroupSums]:
 
 def write_corpus(out_dir: str | Path, info: CorpusInfo, sources: Iterable[ShardSource], *,
                  split_fractions=(0.8, 0.1, 0.1), seed: int = 0, workers: int = 1,
-                 num_shards: int | None = None, overwrite: bool = False) -> Path:
-    """Write one shard per source (in parallel with ``workers`` > 1) and then the manifest.
+                 num_shards: int | None = None, num_samples: int | None = None, overwrite: bool = False) -> Path:
+    """Write one shard per source (in parallel with ``workers`` > 1) and then the manifest. On a
+    terminal a progress bar counts samples (with ETA) when ``num_samples`` is given, else shards.
 
     Refuses to touch an existing corpus unless ``overwrite``: nothing already written is lost.
     """
@@ -200,14 +201,17 @@ def write_corpus(out_dir: str | Path, info: CorpusInfo, sources: Iterable[ShardS
     failed = True
     try:
         results = pool.imap(_run_task, tasks()) if pool else map(_run_task, tasks())
-        for rows, shard_sums in tqdm(results, total=num_shards, desc="writing shards", unit="shard",
-                                     disable=None):
+        progress = tqdm(total=num_samples if num_samples else num_shards, desc="writing shards",
+                        unit="sample" if num_samples else "shard", disable=None)
+        for rows, shard_sums in results:
+            progress.update(len(rows) if num_samples else 1)
             sums.merge(shard_sums)
             for row in rows:
                 block_subject[row["block"]] = row["subject"]
             table = pa.Table.from_pylist(rows, schema=_schema(info))
             writer = writer or pq.ParquetWriter(partial_path, table.schema)
             writer.write_table(table)
+        progress.close()
         failed = False
     finally:
         if pool:

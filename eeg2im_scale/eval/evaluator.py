@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -33,35 +33,11 @@ from ..models.sampling import sample
 from . import fidelity
 from .gen_metrics import FeatureStats, fid_from_stats, inception_score, kid
 from .inception import extract, load_fid_inception, random_fid_inception
+from .metric_info import METRICS, display_name
 from .selection import SamplerSettings, check_corpus, read_selection, release_data, sampler_settings
 
 log = logging.getLogger(__name__)
 
-DEFINITIONS = {
-    "eeg_top1": "EEG classification: fraction of trials whose true class has the highest logit of the high-level encoder",
-    "eeg_top5": "EEG classification: fraction of trials whose true class is among the 5 highest logits",
-    "inception_score": "IS of the generated images: exp(E KL(p(y|x) || p(y))) over the FID Inception's 1008 logits, "
-                       "mean ± std over `is_splits` splits (torch-fidelity's definition)",
-    "fid": "Fréchet distance between Inception pool3 (2048-d) Gaussians of the real reference images (each "
-           "distinct image once; `protocol.reference`) and the generated images; images enter as uint8 and are "
-           "resized to 299 with the TF-compatible bilinear resize of the original FID code (torch-fidelity), not "
-           "torchmetrics>=1.8's antialiased resize",
-    "kid": "kernel inception distance: unbiased MMD² with the cubic polynomial kernel on pool3 features of the "
-           "generated and the real reference images (each distinct image once), mean ± std over `kid_subsets` "
-           "random subsets of `kid_subset_size`",
-    "generated_n_way_top_k": "generated images classified by the fine-tuned teacher: for each image, the true class "
-                             "and n−1 random other classes are drawn; a hit when the true class is among the top-k of "
-                             "those n logits; averaged over draws",
-    "real_n_way_top_k": "the same n-way top-k judgement applied to the true images of the trials: the ceiling "
-                        "for generated_n_way_top_k (a teacher near chance here makes that figure meaningless)",
-    "hist_intersection": "mean HSV-histogram intersection between each generated image and its true image (1 = same colours)",
-    "hue_emd": "mean circular earth mover's distance between saturation-weighted hue histograms (0 = same hues)",
-    "ssim": "mean SSIM (Gaussian 11×11, σ 1.5) between each generated image and its true image",
-    "pixel_correlation": "mean Pearson correlation of pixel values between each generated image and its true image",
-    "hue_error": "synthetic corpora: circular error between the dominant hue recovered from the generated image and "
-                 "the recorded hue of the true image (0–0.5)",
-    "brightness_error": "synthetic corpora: absolute error of the recovered vs recorded brightness",
-}
 
 
 def _inception(eval_cfg: EvalConfig, device: torch.device):
@@ -125,7 +101,7 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
         out = Path(out_dir) if out_dir else release_eval
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        _write_per_subject(out / "per_subject.csv", records)
+        _write_per_subject(out / "per_subject.csv", records, eval_cfg, metrics["protocol"]["n_way"])
         _write_grid(out / "grid.png", dict(grid_items), pipeline.corpus["class_names"])
         if partial:
             log.warning("partial evaluation: %d of the %s split's %d trials (eval.max_trials=%d)", len(selected),
@@ -199,24 +175,39 @@ def _generate(pipeline, eeg: torch.Tensor, keys: list[str], eval_cfg: EvalConfig
                                   pipeline.corpus["image_size"], generators))
 
 
-def _pair_fidelity(pipeline, batch: dict, generated: torch.Tensor, real: torch.Tensor,
-                   n: int) -> dict[str, torch.Tensor]:
+HUE_BINS = 36
+ATTRIBUTES = ("hue", "saturation", "brightness")
+
+
+def _colour_descriptors(pipeline, batch: dict, generated: torch.Tensor, real: torch.Tensor) -> dict:
+    """Small per-image colour summaries, kept in the records so that chance levels can pair a
+    generated image with another trial's stimulus after gathering: HSV and hue histograms of the
+    generated and true images, and (synthetic corpora) the recovered and recorded attributes."""
+    out = {"fake_hsv": fidelity.hsv_histograms(generated), "real_hsv": fidelity.hsv_histograms(real),
+           "fake_hue": fidelity.hue_histogram(generated, HUE_BINS), "real_hue": fidelity.hue_histogram(real, HUE_BINS)}
+    names = pipeline.corpus.get("attribute_names") or []
+    if "attributes" in batch and set(ATTRIBUTES) <= set(names):
+        found = fidelity.dominant_colour(generated)
+        out["recovered"] = torch.stack([found[a] for a in ATTRIBUTES], dim=1)
+        out["recorded"] = torch.stack([batch["attributes"][:, names.index(a)].float() for a in ATTRIBUTES], dim=1)
+    return out
+
+
+def _pair_fidelity(colour: dict, generated: torch.Tensor, real: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
     """Per generated image, its fidelity to its own trial's stimulus (and recorded attributes)."""
     real_repeated = real.repeat_interleave(n, dim=0)
     pair = {
-        "hist_intersection": fidelity.histogram_intersection(fidelity.hsv_histograms(generated),
-                                                             fidelity.hsv_histograms(real_repeated)),
-        "hue_emd": fidelity.hue_emd(generated, real_repeated),
+        "hist_intersection": fidelity.histogram_intersection(colour["fake_hsv"],
+                                                             colour["real_hsv"].repeat_interleave(n, dim=0)),
+        "hue_emd": fidelity.hue_histogram_emd(colour["fake_hue"], colour["real_hue"].repeat_interleave(n, dim=0)),
         "ssim": fidelity.ssim(generated, real_repeated),
         "pixel_correlation": fidelity.pixel_correlation(generated, real_repeated),
     }
-    if "attributes" in batch:
-        names = pipeline.corpus.get("attribute_names") or []
-        attrs = {name: batch["attributes"][:, i].repeat_interleave(n).to(generated.device)
-                 for i, name in enumerate(names)}
-        if {"hue", "saturation", "brightness"} <= set(attrs):
-            errors = fidelity.attribute_errors(generated, attrs)
-            pair.update({f"{k}_error": v for k, v in errors.items()})
+    if "recovered" in colour:
+        recorded = colour["recorded"].to(generated.device).repeat_interleave(n, dim=0)
+        errors = fidelity.attribute_differences(dict(zip(ATTRIBUTES, colour["recovered"].unbind(1))),
+                                                dict(zip(ATTRIBUTES, recorded.unbind(1))))
+        pair.update({f"{k}_error": v for k, v in errors.items()})
     return pair
 
 
@@ -230,7 +221,8 @@ def _trial_records(pipeline, inception, batch: dict, generated: torch.Tensor, n:
     eeg_logits = pipeline.highlevel(batch["eeg"].to(generated.device))["logits"]
     teacher_logits, _ = pipeline.teacher(generated)
     real_teacher_logits, _ = pipeline.teacher(real)
-    pair = _pair_fidelity(pipeline, batch, generated, real, n)
+    colour = _colour_descriptors(pipeline, batch, generated, real)
+    pair = _pair_fidelity(colour, generated, real, n)
     top5 = eeg_logits.topk(min(5, eeg_logits.shape[1]), dim=1).indices.cpu()
     records = []
     for i, key in enumerate(batch["key"]):
@@ -242,6 +234,10 @@ def _trial_records(pipeline, inception, batch: dict, generated: torch.Tensor, n:
             "teacher_logits": teacher_logits[rows].double().cpu().numpy(),
             "real_teacher_logits": real_teacher_logits[i:i + 1].double().cpu().numpy(),
             **{name: [float(v) for v in values[rows]] for name, values in pair.items()},
+            "colour": {"fake_hsv": colour["fake_hsv"][rows].cpu().numpy(), "real_hsv": colour["real_hsv"][i].cpu().numpy(),
+                       "fake_hue": colour["fake_hue"][rows].cpu().numpy(), "real_hue": colour["real_hue"][i].cpu().numpy(),
+                       **({"recovered": colour["recovered"][rows].cpu().numpy(),
+                           "recorded": colour["recorded"][i].cpu().numpy()} if "recovered" in colour else {})},
         })
         if inception is not None:
             records[-1].update(fake_features=fake_feat[rows], fake_logits=fake_logit[rows], real_features=real_feat[i])
@@ -301,8 +297,12 @@ def _summarise(eval_cfg: EvalConfig, split_by: str, pipeline, records: list[dict
                  "brightness_error"):
         if records and name in records[0]:
             values[name] = float(np.mean([v for r in records for v in r[name]]))
+    chance = chance_levels(records, n_way, eval_cfg.top_k)
     return {
-        "metrics": {name: {"value": value, "definition": DEFINITIONS.get(name, "")} for name, value in values.items()},
+        "metrics": {key: {"value": value, "name": display_name(key, n_way, eval_cfg.top_k),
+                          "definition": METRICS[key].definition, "better": METRICS[key].better,
+                          "chance": chance.get(key), "chance_rule": METRICS[key].chance}
+                    for key, value in values.items()},
         "protocol": {
             "split": eval_cfg.split, "split_by": split_by, "trials": len(records),
             "images_per_trial": eval_cfg.images_per_trial, "generated_images": len(labels),
@@ -316,6 +316,38 @@ def _summarise(eval_cfg: EvalConfig, split_by: str, pipeline, records: list[dict
             "eval_config": asdict(eval_cfg),
         },
     }
+
+
+def chance_levels(records: list[dict], n_way: int, top_k: int) -> dict[str, float]:
+    """Each metric's chance level from the key-sorted records (the rules in ``metric_info``):
+    the best constant guess for EEG accuracy, top_k / n_way for the teacher's judgement, and for
+    the colour measures the same measure between each generated image and another trial's
+    stimulus. Metrics without a computable chance level are absent."""
+    if not records:
+        return {}
+    counts = sorted(Counter(r["label"] for r in records).values(), reverse=True)
+    chance = {"eeg_top1": counts[0] / len(records), "eeg_top5": sum(counts[:5]) / len(records),
+              "generated_n_way_top_k": top_k / n_way, "real_n_way_top_k": top_k / n_way}
+    partners = fidelity.mismatched_partners([r["image_id"] for r in records])
+    pairs = [(r["colour"], records[p]["colour"]) for r, p in zip(records, partners) if p is not None and "colour" in r]
+    if not pairs:
+        return chance
+    fake_hsv = torch.from_numpy(np.concatenate([own["fake_hsv"] for own, _ in pairs]))
+    other_hsv = torch.from_numpy(np.concatenate([np.repeat(other["real_hsv"][None], len(own["fake_hsv"]), 0)
+                                                 for own, other in pairs]))
+    fake_hue = torch.from_numpy(np.concatenate([own["fake_hue"] for own, _ in pairs]))
+    other_hue = torch.from_numpy(np.concatenate([np.repeat(other["real_hue"][None], len(own["fake_hue"]), 0)
+                                                 for own, other in pairs]))
+    chance["hist_intersection"] = float(fidelity.histogram_intersection(fake_hsv, other_hsv).mean())
+    chance["hue_emd"] = float(fidelity.hue_histogram_emd(fake_hue, other_hue).mean())
+    if all("recovered" in own for own, _ in pairs):
+        recovered = torch.from_numpy(np.concatenate([own["recovered"] for own, _ in pairs]))
+        recorded = torch.from_numpy(np.concatenate([np.repeat(other["recorded"][None], len(own["recovered"]), 0)
+                                                    for own, other in pairs]))
+        errors = fidelity.attribute_differences(dict(zip(ATTRIBUTES, recovered.unbind(1))),
+                                                dict(zip(ATTRIBUTES, recorded.unbind(1))))
+        chance.update({f"{k}_error": float(v.mean()) for k, v in errors.items()})
+    return chance
 
 
 REFERENCES = {
@@ -333,18 +365,24 @@ def _inception_protocol(eval_cfg: EvalConfig) -> str:
     return "random (tests only)" if eval_cfg.random_inception else "FID Inception (TF 2015-12-05 weights)"
 
 
-def _write_per_subject(path: Path, records: list[dict]) -> None:
+def _write_per_subject(path: Path, records: list[dict], eval_cfg: EvalConfig, n_way: int) -> None:
+    """Per subject: trials, EEG accuracy, generated-image accuracy (the teacher's n-way top-k, as
+    in metrics.json) and the mean of each per-image measure."""
     by_subject: dict[int, list[dict]] = defaultdict(list)
-    for record in records:
+    for record in sorted(records, key=lambda r: r["key"]):
         by_subject[record["subject"]].append(record)
-    columns = ["eeg_top1", "eeg_top5", "hist_intersection", "hue_emd", "ssim", "pixel_correlation", "hue_error"]
+    columns = ["eeg_top1", "eeg_top5", "hist_intersection", "hue_emd", "ssim", "pixel_correlation", "hue_error",
+               "saturation_error", "brightness_error"]
+    present = [c for c in columns if records and c in records[0]]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        present = [c for c in columns if records and c in records[0]]
-        writer.writerow(["subject", "trials", *present])
+        writer.writerow(["subject", "trials", *present[:2], "generated_n_way_top_k", *present[2:]])
         for subject, rows in sorted(by_subject.items()):
-            means = [np.mean([np.mean(r[c]) for r in rows]) for c in present]
-            writer.writerow([subject, len(rows), *(f"{m:.4f}" for m in means)])
+            means = [float(np.mean([np.mean(r[c]) for r in rows])) for c in present]
+            labels = torch.tensor([r["label"] for r in rows for _ in range(eval_cfg.images_per_trial)])
+            logits = torch.from_numpy(np.concatenate([r["teacher_logits"] for r in rows]))
+            generated = fidelity.n_way_topk_accuracy(logits, labels, n_way, eval_cfg.top_k, trials=10, seed=eval_cfg.seed)
+            writer.writerow([subject, len(rows), *(f"{m:.4f}" for m in [*means[:2], generated, *means[2:]])])
 
 
 def _write_grid(path: Path, grid: dict, class_names: list[str]) -> None:
@@ -358,14 +396,16 @@ def _write_grid(path: Path, grid: dict, class_names: list[str]) -> None:
         return
     rows = sorted(grid)
     columns = 1 + len(grid[rows[0]][1])
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns, 1.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(2.2 * columns, 2.2 * len(rows) + 0.4), squeeze=False)
     for r, key in enumerate(rows):
         real, generated, label = grid[key]
         for c, image in enumerate([real, *generated]):
-            axes[r, c].imshow(image)
-            axes[r, c].axis("off")
-        axes[r, 0].set_title(f"{class_names[label]}", fontsize=7)
-    axes[0, 0].set_title("true: " + axes[0, 0].get_title(), fontsize=7)
+            axes[r, c].imshow(image, interpolation="nearest")  # small images: show pixels, not a blur
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(f"{class_names[label]}\ntrial {key}", fontsize=8)
+    for c in range(columns):
+        axes[0, c].set_title("true image" if c == 0 else f"generated {c}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -19,8 +19,9 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ..models.colour import bin_index, hue_histogram, rgb_to_hsv
 
-__all__ = ["attribute_errors", "dominant_colour", "histogram_intersection", "hsv_histograms", "hue_emd", "hue_histogram",
-           "n_way_topk_accuracy", "pixel_correlation", "rgb_to_hsv", "ssim", "topk_accuracy"]
+__all__ = ["attribute_differences", "attribute_errors", "dominant_colour", "histogram_intersection", "hsv_histograms",
+           "hue_emd", "hue_histogram", "hue_histogram_emd", "mismatched_partners", "n_way_topk_accuracy",
+           "pixel_correlation", "rgb_to_hsv", "ssim", "topk_accuracy"]
 
 
 def hsv_histograms(images: Tensor, bins: tuple[int, int, int] = (8, 4, 4)) -> Tensor:
@@ -52,9 +53,14 @@ def hue_emd(images_a: Tensor, images_b: Tensor, bins: int = 36) -> Tensor:
     al. 1985); the minimising ``c`` is any median of ``F_a - F_b``. For two single-hue images it
     is the circular distance between their hue bins.
     """
-    diff = hue_histogram(images_a, bins).cumsum(-1) - hue_histogram(images_b, bins).cumsum(-1)
+    return hue_histogram_emd(hue_histogram(images_a, bins), hue_histogram(images_b, bins))
+
+
+def hue_histogram_emd(hist_a: Tensor, hist_b: Tensor) -> Tensor:
+    """:func:`hue_emd` of two batches of hue histograms ``[B, bins]`` (rows summing to 1)."""
+    diff = hist_a.cumsum(-1) - hist_b.cumsum(-1)
     shift = diff.median(-1, keepdim=True).values  # lower median: a minimiser for even counts too
-    return ((diff - shift).abs().sum(-1) / bins).float()
+    return ((diff - shift).abs().sum(-1) / hist_a.shape[-1]).float()
 
 
 def ssim(images_a: Tensor, images_b: Tensor) -> Tensor:
@@ -125,11 +131,28 @@ def attribute_errors(images: Tensor, attributes: dict[str, Tensor]) -> dict[str,
     """Per-image errors ``[B]`` of :func:`dominant_colour` against recorded ``hue``,
     ``saturation`` and ``brightness``: circular hue distance in turns (in [0, 0.5]) and absolute
     saturation and brightness differences."""
-    found = dominant_colour(images)
-    truth = {key: torch.as_tensor(attributes[key], dtype=torch.float32) for key in ("hue", "saturation", "brightness")}
-    return {"hue": _circular_distance(found["hue"], truth["hue"] % 1.0),
-            "saturation": (found["saturation"] - truth["saturation"]).abs(),
-            "brightness": (found["brightness"] - truth["brightness"]).abs()}
+    return attribute_differences(dominant_colour(images), attributes)
+
+
+def attribute_differences(found: dict[str, Tensor], recorded: dict[str, Tensor]) -> dict[str, Tensor]:
+    """:func:`attribute_errors` of already recovered attributes ``found`` against ``recorded``."""
+    truth = {key: torch.as_tensor(recorded[key], dtype=torch.float32) for key in ("hue", "saturation", "brightness")}
+    return {"hue": _circular_distance(torch.as_tensor(found["hue"]), truth["hue"] % 1.0),
+            "saturation": (torch.as_tensor(found["saturation"]) - truth["saturation"]).abs(),
+            "brightness": (torch.as_tensor(found["brightness"]) - truth["brightness"]).abs()}
+
+
+def mismatched_partners(image_ids: list[str]) -> list[int | None]:
+    """For each position, the next position (cyclically) whose image id differs, or None when all
+    are the same image: each trial's partner for a chance level, a stimulus it was not generated
+    from. Deterministic in the order given (the evaluator passes key order)."""
+    count = len(image_ids)
+    doubled = list(image_ids) * 2  # cyclic: the positions after the last wrap to the first
+    next_different: list[int | None] = [None] * (2 * count)
+    for j in range(2 * count - 2, -1, -1):
+        next_different[j] = j + 1 if doubled[j + 1] != doubled[j] else next_different[j + 1]
+    return [None if next_different[i] is None or next_different[i] - i >= count else next_different[i] % count
+            for i in range(count)]
 
 
 def _hit_probability(scores: Tensor, true_score: Tensor, k: int) -> Tensor:

@@ -21,6 +21,7 @@ from html import escape
 from pathlib import Path
 
 from ..config import STAGES, load_config
+from .metric_info import METRICS, display_name
 
 CSS = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -35,35 +36,34 @@ pre { background: #f7f7f7; border: 1px solid #ddd; padding: 0.8em; overflow-x: a
 .leak { border: 2px solid #a33; background: #fbeeee; padding: 0.5em 1em; border-radius: 4px; }
 """
 
-# (metric, label, what it measures) per summary group; {n_way}/{top_k} come from the protocol.
+# the headline metrics per summary group, with what each says in one line (names, definitions and chance
+# rules: metric_info); {n_way}/{top_k} come from the protocol
 SUMMARY = [
     ("EEG decoding", [
-        ("eeg_top1", "top-1 accuracy", "the true class gets the EEG encoder's highest logit; higher is better"),
-        ("eeg_top5", "top-5 accuracy", "the true class is among the encoder's 5 highest logits; higher is better"),
+        ("eeg_top1", "the true class gets the EEG encoder's highest logit"),
+        ("eeg_top5", "the true class is among the encoder's 5 highest logits"),
     ]),
     ("Generated images, judged by the teacher", [
-        ("generated_n_way_top_k", "{n_way}-way top-{top_k} accuracy",
-         ("the fine-tuned image teacher ranks the true class in its top {top_k} of {n_way} candidates "
-          "(the true one and random others); chance is {top_k}/{n_way}")),
-        ("real_n_way_top_k", "same judgement on the true images",
-         ("the teacher's score on the real images: the ceiling for the line above; near chance, the line above "
-          "means nothing")),
+        ("generated_n_way_top_k", "the fine-tuned image teacher ranks the true class in its top {top_k} of {n_way} "
+                                  "candidates (the true one and random others)"),
+        ("real_n_way_top_k", "the teacher's score on the real images: the ceiling for the line above; near chance, "
+                             "the line above means nothing"),
     ]),
     ("Colour fidelity (generated vs true image)", [
-        ("hue_error", "hue error", "dominant hue of the image vs the recorded hue, 0–0.5; lower is better"),
-        ("saturation_error", "saturation error", "recovered vs recorded saturation; lower is better"),
-        ("brightness_error", "brightness error", "recovered vs recorded brightness; lower is better"),
-        ("hist_intersection", "colour-histogram intersection", "HSV histograms, 1 = same colours; higher is better"),
-        ("hue_emd", "hue EMD", "earth mover's distance of hue histograms, 0 = same hues; lower is better"),
+        ("hue_error", "dominant hue of the image vs the recorded hue, in turns (0–0.5)"),
+        ("saturation_error", "recovered vs recorded saturation of the dominant colour"),
+        ("brightness_error", "recovered vs recorded brightness of the dominant colour"),
+        ("hist_intersection", "HSV histograms, 1 = same colours"),
+        ("hue_emd", "earth mover's distance of hue histograms, 0 = same hues"),
     ]),
     ("Structure (generated vs true image)", [
-        ("ssim", "SSIM", "structural similarity, 1 = identical; higher is better"),
-        ("pixel_correlation", "pixel correlation", "Pearson correlation of pixel values; higher is better"),
+        ("ssim", "structural similarity, 1 = identical"),
+        ("pixel_correlation", "Pearson correlation of pixel values"),
     ]),
     ("Image distribution (Inception features)", [
-        ("inception_score", "Inception score", "confident and diverse class predictions; higher is better"),
-        ("fid", "FID", "Fréchet distance of real vs generated feature Gaussians; lower is better"),
-        ("kid", "KID", "kernel MMD² of real vs generated features; lower is better"),
+        ("inception_score", "confident and diverse class predictions"),
+        ("fid", "Fréchet distance of real vs generated feature Gaussians"),
+        ("kid", "kernel MMD² of real vs generated features"),
     ]),
 ]
 INCEPTION_METRICS = ("inception_score", "fid", "kid")
@@ -201,7 +201,7 @@ def _summary(metrics: dict | None, stats: dict[str, list[dict]], eval_dir: Path)
                            f"CONFIG` (or pass --eval-dir).") + "</div>")
     protocol = metrics.get("protocol", {})
     values = {name: entry["value"] for name, entry in metrics["metrics"].items()}
-    return (f"<div class=\"summary\">{status}{_protocol_line(protocol)}{_summary_table(values, protocol)}"
+    return (f"<div class=\"summary\">{status}{_protocol_line(protocol)}{_summary_table(metrics['metrics'], protocol)}"
             f"{_inception_note(protocol, values)}</div>")
 
 
@@ -216,22 +216,39 @@ def _stage_status(stats: dict[str, list[dict]]) -> str:
 def _protocol_line(protocol: dict) -> str:
     p = {key: escape(str(protocol.get(key, "?"))) for key in ("split", "split_by", "trials", "images_per_trial",
                                                               "sampler", "sample_steps", "guidance_scale")}
-    return (f"<p>Evaluated on the <b>{p['split']}</b> split (split by {p['split_by']}): {p['trials']} trials × "
+    trials = p["trials"]
+    if protocol.get("partial"):
+        trials = (f"<b>partial: {p['trials']} of the split's {escape(str(protocol.get('split_trials', '?')))}</b> "
+                  f"(eval.max_trials)")
+    return (f"<p>Evaluated on the <b>{p['split']}</b> split (split by {p['split_by']}): {trials} trials × "
             f"{p['images_per_trial']} generated images, {p['sampler']} sampler, {p['sample_steps']} steps, "
             f"guidance {p['guidance_scale']}.</p>")
 
 
-def _summary_table(values: dict, protocol: dict) -> str:
-    """The SUMMARY groups, each metric only where metrics.json holds it."""
+def _chance_text(entry: dict) -> str:
+    chance = entry.get("chance")
+    if chance is not None:
+        return _fmt(chance)
+    rule = entry.get("chance_rule") or "—"
+    return rule.removeprefix("reference: ")
+
+
+def _summary_table(entries: dict, protocol: dict) -> str:
+    """The SUMMARY groups, each metric only where metrics.json holds it, beside its chance level."""
     context = {"n_way": protocol.get("n_way", "n"), "top_k": protocol.get("top_k", "k")}
     rows = []
-    for group, entries in SUMMARY:
-        present = [(name, label, text) for name, label, text in entries if name in values]
+    for group, metrics in SUMMARY:
+        present = [(key, text) for key, text in metrics if key in entries]
         if present:
-            rows.append(f"<tr class=\"group\"><th colspan=\"3\">{escape(group)}</th></tr>")
-        rows += [f"<tr><td>{escape(label.format(**context))}</td><td class=\"num\">{escape(_fmt(values[name]))}</td>"
-                 f"<td>{escape(text.format(**context))}</td></tr>" for name, label, text in present]
-    return "<table>\n<tr><th>quantity</th><th>value</th><th>meaning</th></tr>\n" + "\n".join(rows) + "\n</table>"
+            rows.append(f"<tr class=\"group\"><th colspan=\"4\">{escape(group)}</th></tr>")
+        for key, text in present:
+            entry = entries[key]
+            name = entry.get("name") or display_name(key, **context)
+            meaning = text.format(**context) + f"; {METRICS[key].better} is better"
+            rows.append(f"<tr><td>{escape(name)}</td><td class=\"num\">{escape(_fmt(entry['value']))}</td>"
+                        f"<td class=\"num\">{escape(_chance_text(entry))}</td><td>{escape(meaning)}</td></tr>")
+    return ("<table>\n<tr><th>quantity</th><th>value</th><th>chance</th><th>meaning</th></tr>\n" + "\n".join(rows)
+            + "\n</table>")
 
 
 def _inception_note(protocol: dict, values: dict) -> str:
@@ -256,10 +273,12 @@ def _grid(path: Path) -> str:
 def _metrics_tables(metrics: dict | None) -> str:
     if metrics is None:
         return _missing("No evaluation yet.")
-    rows = [[name, _fmt(entry["value"]), entry.get("definition", "")] for name, entry in metrics["metrics"].items()]
+    rows = [[f"{entry.get('name', key)} ({key})", _fmt(entry["value"]), _chance_text(entry), entry.get("better", ""),
+             f"{entry.get('definition', '')} ({entry.get('chance_rule', '')})"]
+            for key, entry in metrics["metrics"].items()]
     protocol = [[key, json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else str(value)]
                 for key, value in metrics.get("protocol", {}).items()]
-    return (_table(["metric", "value", "definition"], rows, numeric=(1,))
+    return (_table(["metric", "value", "chance", "better", "definition (chance rule)"], rows, numeric=(1,))
             + "\n<h3>Protocol</h3>\n" + _table(["setting", "value"], protocol))
 
 
@@ -328,28 +347,43 @@ def _series(records: list[dict], key: str) -> tuple[list, list]:
 
 
 def _stage_figure(stage: str, records: list[dict]) -> bytes:
-    """A matplotlib Figure rendered by Agg without pyplot: no global backend state to disturb."""
+    buffer = io.BytesIO()
+    stage_curves(stage, records).savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+def stage_curves(stage: str, records: list[dict]):
+    """A stage's curves as a matplotlib Figure (Agg, no pyplot: no global backend state): loss
+    terms; accuracies on their own 0–1 axis; throughput from 0 with the data-wait fraction.
+    Legends sit beside their axes, never over the curves."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(10, 3.2), layout="constrained")
-    loss_ax, speed_ax = fig.subplots(1, 2, width_ratios=[2.2, 1])
-    for key in sorted({k for r in records for k in r if k.startswith("loss/")}):
+    terms = sorted({k for r in records for k in r if k.startswith("loss/")})
+    accuracies = [k for k in terms if "accuracy" in k]
+    losses = [k for k in terms if k not in accuracies]
+    fig = Figure(figsize=(12, 3.4), layout="constrained")
+    loss_ax, accuracy_ax, speed_ax = fig.subplots(1, 3, width_ratios=[1.6, 1, 1])
+    for key in losses:
         loss_ax.plot(*_series(records, key), marker="o", markersize=2.5, label=key.removeprefix("loss/"))
     loss_ax.set(title=f"{stage}: loss terms", xlabel="step")
-    loss_ax.legend(fontsize=8)
+    for key in accuracies:
+        accuracy_ax.plot(*_series(records, key), marker="o", markersize=2.5, label=key.removeprefix("loss/"))
+    accuracy_ax.set(title="training accuracy" if accuracies else "no accuracy logged", xlabel="step", ylim=(0, 1))
+    for ax in (loss_ax, accuracy_ax):
+        if ax.lines:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     speed_ax.plot(*_series(records, "samples_per_s"), color="C0", marker="o", markersize=2.5)
     speed_ax.set(title="throughput", xlabel="step")
+    speed_ax.set_ylim(bottom=0)
     speed_ax.set_ylabel("samples/s", color="C0")
     wait_ax = speed_ax.twinx()
     wait_ax.plot(*_series(records, "data_wait_fraction"), color="C3", marker="o", markersize=2.5)
     wait_ax.set_ylim(0, 1)
     wait_ax.set_ylabel("data-wait fraction", color="C3")
-    for ax in (loss_ax, speed_ax):
+    for ax in (loss_ax, accuracy_ax, speed_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
+    return fig
 
 
 def _validation(run_dir: Path, stages: list[str]) -> str:

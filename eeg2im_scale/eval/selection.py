@@ -17,14 +17,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import Config, ConfigError, DataConfig, DiffusionConfig, EvalConfig, TuneConfig
+from .metric_info import better
 
 log = logging.getLogger(__name__)
 
 SELECTION = "selection.json"
-# which way each tune.metric improves
-BETTER = {"generated_n_way_top_k": "higher", "hist_intersection": "higher", "ssim": "higher",
-          "pixel_correlation": "higher", "hue_emd": "lower", "hue_error": "lower", "brightness_error": "lower",
-          "fid": "lower", "kid": "lower", "inception_score": "higher"}
 NO_SELECTION = "none: model defaults (no eeg2im tune run)"
 
 
@@ -140,12 +137,12 @@ def tune(cfg: Config, model_dir: str | Path, given: set[str] | None = None) -> d
         score = values[metric]["mean"] if isinstance(values[metric], dict) else values[metric]
         rows.append({**settings, "score": score, "metrics": values})
         log.info("tune %d/%d %s: %s = %.4f", i + 1, len(grid), settings, metric, score)
-    chosen = rows[best([r["score"] for r in rows], BETTER[metric])]
+    chosen = rows[best([r["score"] for r in rows], better(metric))]
     protocol = metrics["protocol"]  # the same split, scheme and trials for every candidate
     selection = {
         "split": "val", "split_by": protocol["split_by"], "trials": protocol["trials"],
         "images_per_trial": cfg.eval.images_per_trial, "seed": cfg.eval.seed,
-        "criterion": metric, "better": BETTER[metric],
+        "criterion": metric, "better": better(metric),
         "selected": {k: chosen[k] for k in ("sampler", "sample_steps", "guidance_scale")}, "score": chosen["score"],
         "candidates": rows, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -156,6 +153,6 @@ def tune(cfg: Config, model_dir: str | Path, given: set[str] | None = None) -> d
         tmp.write_text(json.dumps(selection, indent=1))
         tmp.replace(path)
         log.info("selected %s on val (%s = %.4f, %s is better): %s", selection["selected"], metric,
-                 chosen["score"], BETTER[metric], path)
+                 chosen["score"], better(metric), path)
     state.wait_for_everyone()
     return selection

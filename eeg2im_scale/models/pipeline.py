@@ -47,9 +47,7 @@ def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
                 "highlevel": "the high-level EEG encoder alone conditions",
                 "lowlevel": "the low-level EEG encoder alone conditions"}[model_cfg.diffusion.condition_on]
     scaling = "z-scored with training statistics" if corpus["normalize"] else "not z-scored"
-    if metrics is not None:
-        metrics = {"protocol": {k: v for k, v in metrics["protocol"].items() if k != "eval_config"},
-                   "metrics": {k: v["value"] for k, v in metrics["metrics"].items()}}
+    protocol = {k: v for k, v in metrics["protocol"].items() if k != "eval_config"} if metrics else {}
     return "\n".join([
         "# EEG2IM model (eeg2im_scale)",
         "",
@@ -70,8 +68,9 @@ def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
         f"image size {corpus['image_size']}; weights are the EMA (half-life {cfg.train.ema_halflife_kimg} kimg)",
         "",
         "## Metrics",
-        "```json\n" + json.dumps(metrics, indent=1) + "\n```" if metrics else
-        "Not evaluated yet: `eeg2im evaluate --config ... --checkpoint <this directory>` fills this in.",
+        *(_metric_table(metrics["metrics"]) + ["", "Protocol:", "```json\n" + json.dumps(protocol, indent=1) + "\n```"]
+          if metrics else
+          ["Not evaluated yet: `eeg2im evaluate --config ... --checkpoint <this directory>` fills this in."]),
         "",
         "## Use",
         "```",
@@ -82,6 +81,21 @@ def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
         "from a corpus.",
         "",
     ])
+
+
+def _metric_table(entries: dict) -> list[str]:
+    """metrics.json's entries as Markdown rows: name, value, chance level, which way is better, definition."""
+    def shown(value) -> str:
+        if isinstance(value, dict):
+            return f"{value['mean']:.4g} ± {value['std']:.2g}"
+        return "—" if value is None else f"{value:.4g}"
+
+    rows = ["| metric | value | chance | better | definition |", "|---|---|---|---|---|"]
+    for key, entry in entries.items():
+        chance = shown(entry.get("chance")) if entry.get("chance") is not None else entry.get("chance_rule", "—")
+        rows.append(f"| {entry.get('name', key)} (`{key}`) | {shown(entry['value'])} | {chance} | "
+                    f"{entry.get('better', '')} | {entry.get('definition', '')} |")
+    return rows
 
 
 EXPORT_HINT = "`eeg2im export-trial --root CORPUS --key KEY --out DIR` writes one from a corpus"

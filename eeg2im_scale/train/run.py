@@ -18,6 +18,7 @@ import torch
 from ..config import STAGES, Config, ConfigError, dump_config
 from ..data.corpus import ensure_corpus_on_rank
 from ..data.manifest import MANIFEST, Manifest
+from ..data.remote import is_url
 from .distributed import barrier, init_distributed
 from .ds_config import build_deepspeed_config
 from .loop import train_stage
@@ -47,7 +48,7 @@ def check_before_work(cfg: Config) -> list[str]:
 
 def _check_validation_shards(cfg: Config, world_size: int) -> None:
     """Validation gives each rank whole shards, so there must be at least one per rank."""
-    if (Path(cfg.data.root) / MANIFEST).is_file():
+    if is_url(cfg.data.root) or (Path(cfg.data.root) / MANIFEST).is_file():
         try:
             shards = len(Manifest.for_data(cfg.data).shards(cfg.data.split_by, "val"))
         except ValueError as exc:  # data.split_by or data.classes that this corpus cannot serve

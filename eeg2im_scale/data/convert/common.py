@@ -310,7 +310,8 @@ def write_trials(trials: list[Trial], info: CorpusInfo, reader: Callable, opts: 
                for a, b in shard_ranges(trials, opts.samples_per_shard)]
     try:
         return write_corpus(opts.out, info, sources, split_fractions=opts.split_fractions, seed=opts.seed,
-                            workers=opts.workers, num_shards=len(sources), overwrite=opts.overwrite)
+                            workers=opts.workers, num_shards=len(sources), num_samples=len(trials),
+                            overwrite=opts.overwrite)
     finally:
         _cached.cache_clear()  # a release file can be gigabytes: do not keep it past the conversion
 
