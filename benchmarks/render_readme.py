@@ -356,8 +356,29 @@ def ablation_section(data: dict) -> list[str]:
     return out + [""]
 
 
+def remote_section(data: dict) -> list[str]:
+    settings, synth = data["settings"], data["settings"]["synth"]
+    out = [f"**Remote streaming** (`remote_stream.json`, {data['date'][:10]}): one training epoch of a "
+           f"{synth['num_samples']}-sample corpus ({synth['channels']}×{synth['time_points']} EEG, "
+           f"{synth['image_size']} px images, {synth['samples_per_shard']} samples per shard) read from local disk "
+           f"and from {settings['server']} (`data.root=http://...`), streamed or through the shard cache "
+           f"(`data.cache_dir`: the first epoch fills it, the next reads it); median of {settings['rounds']} "
+           "rounds, sources alternating. Loopback has no network latency: the fraction is the cost of the remote "
+           f"code path, not of a network. Load average on the shared 2-core machine "
+           f"{data['machine'].get('load_average_1min_at_start')} at the start, "
+           f"{data['machine'].get('load_average_1min_at_end')} at the end (the server shares its cores).", ""]
+    if data.get("mode") == "quick":
+        out += ["*Smoke-test numbers (`--quick`): they only show that the benchmark runs.*", ""]
+    labels = {"local": "local disk", "http": "HTTP, streamed", "http_cache_cold": "HTTP, filling the cache",
+              "http_cache_warm": "HTTP, from the cache"}
+    rows = [[workers, labels[source], f"{r['samples_per_s']:.0f}", f"{r['mb_per_s']:.1f}", f"{r['fraction_of_local']:.2f}"]
+            for workers, by_source in data["results"].items() for source, r in by_source.items()]
+    return out + _table(["workers", "source", "samples/s", "MB/s", "fraction of local"], rows) + [""]
+
+
 SECTIONS = {"loader_throughput.json": loader_section, "train_throughput.json": train_section,
-            "eval_throughput.json": eval_section, "gpu_diffusion.json": gpu_section}
+            "eval_throughput.json": eval_section, "gpu_diffusion.json": gpu_section,
+            "remote_stream.json": remote_section}
 # rendered only when the file exists (no placeholder while it does not)
 OPTIONAL_SECTIONS = {"ablation.json": ablation_section}
 

@@ -212,3 +212,15 @@ def test_cost_growth_is_per_sample_time_and_memory_relative_to_the_smallest_corp
     assert growth["sizes"]["4000"]["write_s_per_ksample"] == 2.5 and growth["sizes"]["1000"]["stream_s_per_ksample"] == 1
     assert growth["largest_over_smallest"] == {"write_s_per_ksample": 1.25, "stream_s_per_ksample": 1.0,
                                                "streaming_peak_rss_mib": 1.0, "baseline_peak_rss_mib": 4.0}
+
+
+def test_quick_remote_stream_benchmark_compares_every_source_with_local(tmp_path):
+    result, done = run_quick("remote_stream.py", tmp_path, timeout=300)
+    assert set(result["results"]) == {"0", "2"}
+    for rows in result["results"].values():
+        assert set(rows) == {"local", "http", "http_cache_cold", "http_cache_warm"}
+        samples = {r["samples"] for r in rows.values()}
+        assert len(samples) == 1 and positive(samples.pop())  # every source delivered the same epoch
+        assert all(positive(r["samples_per_s"]) and positive(r["mb_per_s"]) for r in rows.values())
+        assert rows["local"]["fraction_of_local"] == 1.0
+    assert positive(result["machine"]["cpu_count"]) and "of local" in done.stdout  # the summary was printed

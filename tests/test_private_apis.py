@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import importlib
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from PIL import Image
 
 from eeg2im_scale.data import format as format_module
@@ -59,14 +60,17 @@ def test_deepspeed_compatible_ops_still_gates_the_shm_build():
 
 def test_c10d_world_lists_the_process_groups(tmp_path):
     """``dist.distributed_c10d._world.pg_map``: the only listing of the groups DeepSpeed forms, so
-    ``bound_every_group`` can give each the collective timeout."""
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialised in this process")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        extra = dist.new_group([0])
-        groups = list(dist.distributed_c10d._world.pg_map)
-        assert dist.group.WORLD in groups and extra in groups
-        distributed.bound_every_group(7)
-    finally:
-        dist.destroy_process_group()
+    ``bound_every_group`` can give each the collective timeout. In a fresh process: earlier tests
+    may have left a process group in this one."""
+    code = f"""
+import torch.distributed as dist
+from eeg2im_scale.train import distributed
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+extra = dist.new_group([0])
+groups = list(dist.distributed_c10d._world.pg_map)
+assert dist.group.WORLD in groups and extra in groups, groups
+distributed.bound_every_group(7)
+dist.destroy_process_group()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -206,3 +206,29 @@ def test_deepspeed_trains_and_the_evaluator_evaluates_on_a_served_corpus(served_
                      "eval.batch_size=4", "eval.sample_steps=2", "eval.kid_subsets=2", "eval.kid_subset_size=2",
                      "eval.is_splits=1"]) == 0
     assert json.loads((out / "metrics.json").read_text())["protocol"]["trials"] == 4
+
+
+@pytest.fixture
+def s3_corpus(random_corpus, monkeypatch):
+    """``random_corpus`` uploaded to a real S3-compatible server on 127.0.0.1 (moto's, as s3fs's own
+    tests use), reached through the backends' usual environment: endpoint and credentials."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    import s3fs
+
+    s3 = s3fs.S3FileSystem(skip_instance_cache=True)
+    s3.mkdir("eeg")
+    s3.put(str(random_corpus), "eeg/corpus", recursive=True)
+    yield "s3://eeg/corpus"
+    server.stop()
+
+
+def test_a_corpus_on_s3_streams_the_same_batches_as_on_disk(random_corpus, s3_corpus):
+    assert_same_batches(epoch(s3_corpus), epoch(random_corpus))

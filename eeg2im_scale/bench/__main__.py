@@ -61,6 +61,8 @@ REGISTRY = (
     Benchmark("eval_throughput", "~5 min; quick ~3.5 min"),
     Benchmark("gpu_diffusion", "~8 min on one H100; quick (CPU smoke) ~1-2 min", out_is_dir=True, needs_gpu=True,
               takes_work_dir=False, note="attention backends, torch.compile, DDP vs ZeRO; without CUDA: --quick only"),
+    Benchmark("remote_stream", "~3 min (+2 min to write its corpus once); quick ~10 s",
+              note="a corpus over loopback HTTP vs local disk, 0/2 workers, with and without the shard cache"),
     Benchmark("ablation", "~3 h (2 methods x 3 seeds x 3 variants); quick ~2-5 min",
               note="long: --skip ablation, or run it alone with --only ablation"),
 )

@@ -84,8 +84,10 @@ def _open_raw(url: str) -> tuple[BinaryIO, Callable[[], None]]:
         return process.stdout, finished
     import fsspec
 
-    # block_size=0: a plain streamed download, no range requests (servers need not support them)
-    stream = fsspec.open(url, "rb", block_size=0).open()
+    fs, path = fsspec.core.url_to_fs(url)
+    # HTTP: block_size=0 is a plain streamed download, no range requests (servers need not support them);
+    # object stores read front to back through their own ranged reads
+    stream = fs.open(path, "rb", block_size=0) if url.startswith(("http://", "https://")) else fs.open(path, "rb")
     return stream, lambda: None
 
 
@@ -97,8 +99,9 @@ class ResumingStream:
 
     def __init__(self, url: str, retries: int = 3, backoff_s: float = 0.5):
         self.url, self.retries, self.backoff_s = url, retries, backoff_s
-        self.position = 0
+        self.position = 0  # bytes received from the connection (delivered or pending)
         self.reopened = 0
+        self._pending, self._offset = b"", 0
         self._stream, self._finished = self._reopen(first=True)
 
     def _reopen(self, first: bool = False) -> tuple[BinaryIO, Callable[[], None]]:
@@ -123,19 +126,30 @@ class ResumingStream:
         return False
 
     def readinto(self, buffer) -> int:
+        """Fill ``buffer`` (fewer bytes only at the end of the stream). Reads reach the connection
+        in ``CHUNK``-sized pieces: the tar reader's 512-byte header reads are served from memory."""
         view = memoryview(buffer).cast("B")
         done = 0
-        failures = 0
         while done < len(view):
+            if self._offset == len(self._pending) and not self._refill():
+                break
+            got = min(len(view) - done, len(self._pending) - self._offset)
+            view[done:done + got] = self._pending[self._offset:self._offset + got]
+            self._offset += got
+            done += got
+        return done
+
+    def _refill(self) -> bool:
+        """The next chunk from the connection into the pending buffer; False at the end. A failed
+        read reconnects and continues after the bytes received so far."""
+        failures = 0
+        while True:
             try:
-                got = self._stream.readinto(view[done:]) if hasattr(self._stream, "readinto") else None
-                if got is None:
-                    chunk = self._stream.read(len(view) - done)
-                    got = len(chunk)
-                    view[done:done + got] = chunk
-                if got == 0:
+                chunk = self._stream.read(CHUNK)
+                if not chunk:
                     self._finished()  # a clean end, or a command that failed: then retried below
-                    break
+                    return False
+                break
             except (OSError, ValueError) + _client_errors() as exc:
                 failures += 1
                 if failures > self.retries:
@@ -147,10 +161,9 @@ class ResumingStream:
                 time.sleep(self.backoff_s * 2 ** (failures - 1))
                 self._stream, self._finished = self._reopen()
                 self.reopened += 1
-                continue
-            done += got
-            self.position += got
-        return done
+        self._pending, self._offset = chunk, 0
+        self.position += len(chunk)
+        return True
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -269,7 +282,7 @@ def local_copy(root: str, relative: str, cache_dir: str | None, retries: int = 3
     url = join(root, relative)
     if url.startswith("file://"):
         return Path(url[len("file://"):])
-    if url not in _MANIFESTS:
+    if url not in _MANIFESTS or not _MANIFESTS[url].is_file():  # fetched once, unless its copy was deleted
         folder = Path(cache_dir or default_cache_dir()) / "corpora" / hashlib.sha256(root.encode()).hexdigest()[:16]
         try:
             _MANIFESTS[url] = download(url, folder / relative.replace("/", "_"), retries)
