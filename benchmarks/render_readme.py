@@ -376,9 +376,31 @@ def remote_section(data: dict) -> list[str]:
     return out + _table(["workers", "source", "samples/s", "MB/s", "fraction of local"], rows) + [""]
 
 
+def manifest_scale_section(data: dict) -> list[str]:
+    settings, growth = data["settings"], data["largest_over_smallest"]
+    out = [f"**Cost growth to {max(settings['sizes']):,} samples** (`manifest_scale.json`, {data['date'][:10]}): "
+           f"writing a corpus (shards, manifest, split columns, channel statistics; {settings['writer_processes']} "
+           f"writer processes) and starting a loader on it (manifest read, split membership, shard list, first "
+           f"batch), each in a fresh process; tiny samples ({settings['eeg']}, {settings['image']}), so the figures "
+           "are the bookkeeping that grows with the sample count. RSS growth is over the process's RSS after its "
+           "imports.", ""]
+    if data.get("mode") == "quick":
+        out += ["*Smoke-test numbers (`--quick`): they only show that the benchmark runs.*", ""]
+    rows = [[f"{int(size):,}", f"{r['write']['seconds']:.1f}", f"{r['write']['us_per_sample']:.0f}",
+             f"{r['write']['peak_rss_growth_mib']:.0f}", f"{r['start']['build_s'] + r['start']['first_batch_s']:.2f}",
+             f"{r['start']['peak_rss_growth_mib']:.0f}", f"{r['manifest_bytes'] / 2**20:.1f}"]
+            for size, r in data["results"].items()]
+    out += _table(["samples", "write s", "write µs/sample", "write RSS growth MiB", "loader start s",
+                   "loader RSS growth MiB", "manifest MiB"], rows)
+    return out + ["", f"From the smallest to the largest ({growth['samples']:.0f}× the samples): writing took "
+                      f"{growth['write_seconds']}× the time, loader start-up {growth['start_seconds']}× and its RSS "
+                      f"growth {growth['start_peak_rss_growth']}×; the writer's RSS growth {growth['write_peak_rss_growth']}×.",
+                  ""]
+
+
 SECTIONS = {"loader_throughput.json": loader_section, "train_throughput.json": train_section,
             "eval_throughput.json": eval_section, "gpu_diffusion.json": gpu_section,
-            "remote_stream.json": remote_section}
+            "remote_stream.json": remote_section, "manifest_scale.json": manifest_scale_section}
 # rendered only when the file exists (no placeholder while it does not)
 OPTIONAL_SECTIONS = {"ablation.json": ablation_section}
 

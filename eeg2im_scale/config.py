@@ -17,7 +17,38 @@ from typing import Any, Literal
 
 import yaml
 
-from .data.splits import parse_scheme
+
+
+# ``data.split_by``: the scheme grammar (data/splits.py assigns the splits themselves)
+SPLITS = ("train", "val", "test")
+SCHEMES = ("image", "subject", "block", "release")  # stored as manifest columns split_<scheme>
+SCHEME_FORMS = "image | subject | block | release | loso:<subject> | heldout:<class>,<class>,..."
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A parsed ``data.split_by``: a stored scheme (``column`` set) or a protocol scheme."""
+
+    kind: str
+    subject: int | None = None  # loso
+    classes: tuple[str, ...] = ()  # heldout
+
+    @property
+    def column(self) -> str | None:
+        return f"split_{self.kind}" if self.kind in SCHEMES else None
+
+
+def parse_scheme(text: str) -> Scheme:
+    """``data.split_by`` as a :class:`Scheme`; ValueError naming the valid forms otherwise."""
+    kind, sep, argument = text.partition(":")
+    if not sep and kind in SCHEMES:
+        return Scheme(kind)
+    if kind == "loso" and argument.strip().lstrip("-").isdigit():
+        return Scheme(kind, subject=int(argument))
+    classes = tuple(c for c in argument.split(",") if c)
+    if kind == "heldout" and classes and len(set(classes)) == len(classes):
+        return Scheme(kind, classes=classes)
+    raise ValueError(f"split scheme {text!r} is not one of: {SCHEME_FORMS} (distinct class names)")
 
 
 # Choice lists, written once: the config checks values against them, the code that branches on them

@@ -224,3 +224,18 @@ def test_quick_remote_stream_benchmark_compares_every_source_with_local(tmp_path
         assert all(positive(r["samples_per_s"]) and positive(r["mb_per_s"]) for r in rows.values())
         assert rows["local"]["fraction_of_local"] == 1.0
     assert positive(result["machine"]["cpu_count"]) and "of local" in done.stdout  # the summary was printed
+
+
+def test_quick_manifest_scale_benchmark_reports_write_and_start_costs_per_size(tmp_path):
+    result, done = run_quick("manifest_scale.py", tmp_path, timeout=600)
+    sizes = [str(s) for s in result["settings"]["sizes"]]
+    assert list(result["results"]) == sizes and len(sizes) == 3
+    for size in sizes:
+        row = result["results"][size]
+        for name in ("seconds", "us_per_sample", "peak_rss_mib"):
+            assert positive(row["write"][name]), (size, name)
+        assert positive(row["start"]["build_s"]) and 0.7 * int(size) < row["start"]["train_samples"] < int(size)
+        assert positive(row["manifest_bytes"])
+    assert set(result["largest_over_smallest"]) == {"samples", "write_seconds", "write_peak_rss_growth",
+                                                    "start_seconds", "start_peak_rss_growth"}
+    assert "largest/smallest" in done.stdout

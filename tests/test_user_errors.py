@@ -225,3 +225,25 @@ def test_convert_warns_when_a_split_is_empty(tmp_path, caplog):
                      "--images", str(tmp_path / "pics"), "--out", str(tmp_path / "out"), "--sfreq", "100"]) == 0
     warned = [r.getMessage() for r in caplog.records if "has no" in r.getMessage()]
     assert any("split scheme 'image' has no" in w and str(tmp_path / "out" / "manifest.parquet") in w for w in warned)
+
+
+def test_generate_reads_a_trial_at_a_url_and_names_the_url_in_its_errors(release, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    _, model = release
+    _save(tmp_path / "t.npy", "nan")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}),
+        directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/t.npy"
+        line = one_error(generate_args(model, url, tmp_path / "gen"))
+        assert line.startswith(f"eeg2im generate: error: {url}: ") and "NaN/Inf" in line, line
+        line = one_error(generate_args(model, url.replace("t.npy", "missing.npy"), tmp_path / "gen"))
+        assert "missing.npy: not found" in line, line
+    finally:
+        server.shutdown()
+        server.server_close()

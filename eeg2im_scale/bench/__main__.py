@@ -63,6 +63,8 @@ REGISTRY = (
               takes_work_dir=False, note="attention backends, torch.compile, DDP vs ZeRO; without CUDA: --quick only"),
     Benchmark("remote_stream", "~3 min (+2 min to write its corpus once); quick ~10 s",
               note="a corpus over loopback HTTP vs local disk, 0/2 workers, with and without the shard cache"),
+    Benchmark("manifest_scale", "~10 min (a 1M-sample corpus written and deleted); quick ~30 s",
+              note="writer and loader start-up cost at 10k / 100k / 1M samples"),
     Benchmark("ablation", "~3 h (2 methods x 3 seeds x 3 variants); quick ~2-5 min",
               note="long: --skip ablation, or run it alone with --only ablation"),
 )

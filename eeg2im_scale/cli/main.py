@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import typing
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from tqdm import tqdm
 
 from ..config import ConfigError, Sampler, SynthConfig, dump_config, given_keys, load_config, to_dict
+from ..data.remote import RemoteError
 from ..eval.report import add_arguments as report_args
 from ..eval.report import cmd_report
 from ..protocols import PROTOCOLS
@@ -171,10 +173,18 @@ def cmd_generate(args) -> int:
     """EEG trial(s) → PNG images with a released model directory."""
     from PIL import Image
 
+    from ..data.remote import download, is_url
     from ..models.pipeline import EEG2IMPipeline, load_trials, read_corpus_info
 
     corpus = read_corpus_info(args.model)
-    trials = load_trials(args.eeg, len(corpus["channel_names"]), int(corpus["time_points"]))
+    with tempfile.TemporaryDirectory() as fetched:
+        eeg = args.eeg
+        if is_url(eeg):  # a trial file at a URL: fetched first, then checked as a local one
+            eeg = download(eeg, Path(fetched) / Path(eeg.split("?")[0]).name)
+        try:
+            trials = load_trials(eeg, len(corpus["channel_names"]), int(corpus["time_points"]))
+        except ValueError as exc:  # name what the user gave, not the temporary copy
+            raise ValueError(str(exc).replace(str(eeg), args.eeg)) from None
     device = _device(args.device)
     out = Path(args.out)
     if out.is_dir() and any(out.iterdir()):
@@ -315,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "corpus.json (channel_names, time_points). `eeg2im export-trial` writes such a trial from a "
                     "corpus.")
     generate.add_argument("--model", required=True, help="release directory (RUN_DIR/model)")
-    generate.add_argument("--eeg", required=True, help=".npy trial [channels, time] or trials [N, channels, time], or "
+    generate.add_argument("--eeg", required=True, help="(a path or a URL) .npy trial [channels, time] or trials [N, "
+                                                       "channels, time], or "
                                                        ".npz with key eeg; raw µV as stored in the corpus")
     generate.add_argument("--out", required=True, help="output directory for PNGs (new or empty)")
     generate.add_argument("--overwrite", action="store_true",
@@ -366,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(dump_config(args.cfg))
                 return 0
         return COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, RemoteError) as exc:
         print(f"eeg2im {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

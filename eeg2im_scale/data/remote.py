@@ -111,6 +111,8 @@ class ResumingStream:
                 stream, finished = _open_raw(self.url)
                 _discard(stream, self.position)
                 return stream, finished
+            except FileNotFoundError as exc:  # not a transient fault: no retry
+                raise RemoteError(f"{self.url}: not found ({exc})") from None
             except (OSError, ValueError) + _client_errors() as exc:
                 attempt += 1
                 if attempt > self.retries:

@@ -23,39 +23,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
-SCHEMES = ("image", "subject", "block", "release")  # stored as manifest columns split_<scheme>
-SCHEME_FORMS = "image | subject | block | release | loso:<subject> | heldout:<class>,<class>,..."
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """A parsed ``data.split_by``: a stored scheme (``column`` set) or a protocol scheme."""
-
-    kind: str
-    subject: int | None = None  # loso
-    classes: tuple[str, ...] = ()  # heldout
-
-    @property
-    def column(self) -> str | None:
-        return f"split_{self.kind}" if self.kind in SCHEMES else None
-
-
-def parse_scheme(text: str) -> Scheme:
-    """``data.split_by`` as a :class:`Scheme`; ValueError naming the valid forms otherwise."""
-    kind, sep, argument = text.partition(":")
-    if not sep and kind in SCHEMES:
-        return Scheme(kind)
-    if kind == "loso" and argument.strip().lstrip("-").isdigit():
-        return Scheme(kind, subject=int(argument))
-    classes = tuple(c for c in argument.split(",") if c)
-    if kind == "heldout" and classes and len(set(classes)) == len(classes):
-        return Scheme(kind, classes=classes)
-    raise ValueError(f"split scheme {text!r} is not one of: {SCHEME_FORMS} (distinct class names)")
+# the split_by grammar is the config's (config.py checks data.split_by with it); re-exported for the data layer
+from ..config import SCHEME_FORMS, SCHEMES, SPLITS, Scheme, parse_scheme  # noqa: F401
 
 
 def loso_scheme(subject: int) -> str:

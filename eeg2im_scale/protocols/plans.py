@@ -4,13 +4,14 @@ variant's overrides reproduce its training with ``launchers/train.py`` under any
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..config import Config
 from ..data.manifest import MANIFEST, Manifest
+from ..data.remote import is_url
 from ..data.splits import heldout_scheme, loso_scheme
 from ..data.synth_images import class_name
 from . import PROTOCOLS
@@ -57,8 +58,8 @@ class Layout:
 
 def layout_of(cfg: Config) -> Layout:
     """From the manifest; before a synthetic corpus is written (a dry run), from ``synth``."""
-    if (Path(cfg.data.root) / MANIFEST).is_file():
-        manifest = Manifest(cfg.data.root)
+    if is_url(cfg.data.root) or (Path(cfg.data.root) / MANIFEST).is_file():
+        manifest = Manifest.for_data(replace(cfg.data, classes=None))
         return Layout(manifest.subjects, list(manifest.info["class_names"]))
     if cfg.data.synthesize:
         return Layout(list(range(cfg.synth.num_subjects)), [class_name(c) for c in range(cfg.synth.num_classes)])

@@ -20,6 +20,7 @@ import numpy as np
 from ..config import load_config
 from ..data.corpus import ensure_corpus
 from ..data.manifest import MANIFEST, Manifest
+from ..data.remote import is_url
 from ..models.build import Geometry, build_highlevel
 from .evaluate import check_images_disjoint, classifier_scores, zero_shot_scores
 from .plans import Plan, ProtocolError, Variant, layout_of, make_plan
@@ -64,7 +65,7 @@ def run_protocol(protocol: str, config: str | None, overrides: list[str], *, lau
     if dry_run:
         plan = make_plan(protocol, cfg, layout_of(cfg))
         check = None
-        if protocol == "by-image" and (Path(cfg.data.root) / MANIFEST).is_file():
+        if protocol == "by-image" and (is_url(cfg.data.root) or (Path(cfg.data.root) / MANIFEST).is_file()):
             check = _disjoint_text(Manifest.for_data(cfg.data), cfg.data.split_by)
         print(describe(plan, config, overrides, launcher, check))
         return None
