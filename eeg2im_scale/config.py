@@ -54,7 +54,6 @@ def parse_scheme(text: str) -> Scheme:
 # Choice lists, written once: the config checks values against them, the code that branches on them
 # takes their tuples (typing.get_args)
 Sampler = Literal["ddim", "dpm", "ddpm"]  # DDIM (eta 0), DPM-Solver++ (2nd order), DDPM ancestral
-Backbone = Literal["EEGNet", "ShallowFBCSPNet", "Deep4Net", "EEGConformer", "ATCNet"]  # braindecode models
 TeacherFlips = Literal["horizontal", "both", "none"]
 AttentionBackend = Literal["auto", "xformers", "sdpa"]
 StageName = Literal["teacher", "lowlevel", "highlevel", "diffusion"]
@@ -170,7 +169,9 @@ class TeacherConfig:
 class HighLevelConfig:
     """High-level (semantic) EEG encoder: braindecode backbone -> embedding -> class head."""
 
-    backbone: Backbone = "ShallowFBCSPNet"
+    backbone: str = "ShallowFBCSPNet"  # any braindecode model class (models/eeg_encoders.py)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to its constructor
+    backbone_weights: str | None = None  # a save_pretrained directory or a Hugging Face id in the local cache
     embed_dim: int = 256
     ce_weight: float = 1.0  # cross-entropy with the true label
     kd_weight: float = 1.0  # response-based KD: KL(teacher || student) on temperature-softened logits
@@ -183,7 +184,9 @@ class HighLevelConfig:
 class LowLevelConfig:
     """Image autoencoder + low-level EEG encoder aligned with its latent, trained jointly."""
 
-    backbone: Backbone = "ShallowFBCSPNet"
+    backbone: str = "ShallowFBCSPNet"  # any braindecode model class (models/eeg_encoders.py)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to its constructor
+    backbone_weights: str | None = None  # a save_pretrained directory or a Hugging Face id in the local cache
     latent_dim: int = 128
     ae_channels: tuple[int, ...] = (32, 64, 128)
     recon_weight: float = 1.0
@@ -433,6 +436,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in args or (isinstance(value, bool) and not any(isinstance(a, bool) for a in args)):
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in args)}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}: expected a mapping with string keys, got {type(value).__name__} {value!r}")
+        return dict(value)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")

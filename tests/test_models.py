@@ -445,3 +445,43 @@ def test_pretrained_resnet18_is_looked_up_under_its_own_name(empty_hub):
     empty_hub.mkdir(parents=True)
     torch.save(resnet18(weights=None).state_dict(), empty_hub / "resnet18-f37072fd.pth")
     assert build_teacher(TeacherConfig(arch="resnet18", pretrained=True), 3).head.in_features == 512
+
+
+def test_any_braindecode_model_is_a_backbone_with_its_kwargs_and_unknown_names_list_the_choices():
+    from eeg2im_scale.models.eeg_encoders import braindecode_models
+
+    assert {"EEGNeX", "Labram", "CBraMod", "EEGPT", "BIOT"} <= set(braindecode_models())
+    net = build_backbone("EEGNeX", 8, 128, 128.0, 6)
+    assert net(torch.randn(2, 8, 128)).shape == (2, 6)
+    small = build_backbone("ShallowFBCSPNet", 8, 128, 128.0, 6, {"n_filters_time": 8, "n_filters_spat": 8})
+    default = build_backbone("ShallowFBCSPNet", 8, 128, 128.0, 6)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in default.parameters())
+    with pytest.raises(ValueError, match=r"unknown EEG backbone 'Nope'; braindecode .* has: .*EEGNeX.*Labram"):
+        build_backbone("Nope", 8, 128, 128.0, 6)
+
+
+def test_backbone_weights_load_offline_from_a_save_pretrained_directory(tmp_path, monkeypatch):
+    """braindecode's own format: save_pretrained -> backbone_weights; the head is replaced for our output
+    size, a wrong architecture or a missing directory is one clear error, and nothing reaches the Hub."""
+    from braindecode.models import ShallowFBCSPNet
+
+    from eeg2im_scale.models.eeg_encoders import BackboneWeightsError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(3)
+    source = ShallowFBCSPNet(n_chans=8, n_outputs=5, n_times=128, sfreq=128.0, input_window_seconds=1.0)
+    source.save_pretrained(tmp_path / "pretrained")
+    cfg = HighLevelConfig(embed_dim=16, backbone_weights=str(tmp_path / "pretrained"))
+    encoder = HighLevelEncoder(cfg, 8, 128, 128.0, 3, teacher_dim=8)
+    loaded = encoder.backbone.state_dict()
+    shared = [k for k, v in source.state_dict().items() if loaded[k].shape == v.shape]
+    assert shared and all(torch.equal(loaded[k], source.state_dict()[k]) for k in shared)
+    assert encoder(torch.randn(2, 8, 128))["embedding"].shape == (2, 16)  # head replaced: 5 -> 16 outputs
+    random_init = HighLevelEncoder(cfg, 8, 128, 128.0, 3, teacher_dim=8, pretrained=False)  # a release rebuilds it so
+    assert random_init.state_dict().keys() == encoder.state_dict().keys()
+    with pytest.raises(BackboneWeightsError, match="not a save_pretrained directory and not in the local Hugging Face"):
+        HighLevelEncoder(HighLevelConfig(backbone_weights=str(tmp_path / "absent")), 8, 128, 128.0, 3, teacher_dim=8)
+    other = HighLevelConfig(embed_dim=16, backbone_weights=str(tmp_path / "pretrained"),
+                            backbone_kwargs={"n_filters_time": 8})
+    with pytest.raises(ValueError, match="differs from the one the config describes.*backbone_kwargs"):
+        HighLevelEncoder(other, 8, 128, 128.0, 3, teacher_dim=8)

@@ -264,3 +264,22 @@ def test_compiled_unet_trains_like_the_eager_one(corpus, tmp_path, caplog):
     for eager, compiled in zip(eager_stats, compiled_stats):
         assert compiled["loss/loss"] == pytest.approx(eager["loss/loss"], rel=1e-4), (eager, compiled)
         assert compiled["tflops_per_s"] > 0
+
+
+def test_encoders_start_from_save_pretrained_weights_and_the_release_loads_without_them(corpus, tmp_path):
+    """backbone_weights on 2 ranks under the deepspeed launcher: both EEG encoders start from a local
+    braindecode save_pretrained directory (offline); the release rebuilds them from its config alone."""
+    import shutil
+
+    from braindecode.models import ShallowFBCSPNet
+
+    weights = tmp_path / "pretrained"
+    ShallowFBCSPNet(n_chans=16, n_outputs=5, n_times=128, sfreq=250.0, input_window_seconds=128 / 250).save_pretrained(
+        weights)
+    run_dir = tmp_path / "run"
+    launch("deepspeed", run_dir, corpus, *steps_override(4), "train.log_every=2",
+           f"model.highlevel.backbone_weights={weights}", f"model.lowlevel.backbone_weights={weights}")
+    assert f"fine-tuned from pretrained weights `{weights}`" in (run_dir / "model" / "README.md").read_text()
+    shutil.rmtree(weights)  # a release must not need the weights it started from
+    trial = np.zeros((16, 128), np.float32)
+    assert EEG2IMPipeline(run_dir / "model").generate(trial, num_images=1, steps=2, seed=0).shape == (1, 32, 32, 3)

@@ -43,14 +43,17 @@ def build_teacher_model(model_cfg: ModelConfig, geo: Geometry) -> nn.Module:
     return build_teacher(model_cfg.teacher, geo.num_classes)
 
 
-def build_highlevel(model_cfg: ModelConfig, geo: Geometry) -> HighLevelEncoder:
+def build_highlevel(model_cfg: ModelConfig, geo: Geometry, pretrained: bool = False) -> HighLevelEncoder:
+    """``pretrained``: start the backbone from ``backbone_weights`` (training's first build); every
+    other build is about to load trained weights and needs only the architecture."""
     return HighLevelEncoder(model_cfg.highlevel, geo.n_chans, geo.n_times, geo.sfreq, geo.num_classes,
-                            teacher_feature_dim(model_cfg.teacher.arch))
+                            teacher_feature_dim(model_cfg.teacher.arch), pretrained)
 
 
-def build_lowlevel(model_cfg: ModelConfig, geo: Geometry) -> tuple[ImageAutoencoder, LowLevelEncoder]:
+def build_lowlevel(model_cfg: ModelConfig, geo: Geometry,
+                   pretrained: bool = False) -> tuple[ImageAutoencoder, LowLevelEncoder]:
     return (ImageAutoencoder(model_cfg.lowlevel, geo.image_size),
-            LowLevelEncoder(model_cfg.lowlevel, geo.n_chans, geo.n_times, geo.sfreq))
+            LowLevelEncoder(model_cfg.lowlevel, geo.n_chans, geo.n_times, geo.sfreq, pretrained))
 
 
 def condition_dim(model_cfg: ModelConfig) -> int:

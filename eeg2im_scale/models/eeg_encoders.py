@@ -9,18 +9,20 @@ braindecode already computes the flattened feature size for any input length.
 
 from __future__ import annotations
 
-import typing
+import inspect
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..config import Backbone, HighLevelConfig, LowLevelConfig
+from ..config import HighLevelConfig, LowLevelConfig
 
-# braindecode classes by name; braindecode (and MNE behind it) is imported when a backbone is built,
-# so the diffusion-only paths (sampling, GPU benchmarks) import this package without it
-BACKBONES = typing.get_args(Backbone)
+# the classic backbones the test suite builds and trains; any braindecode model name works (braindecode_models).
+# braindecode (and MNE behind it) is imported when a backbone is built, so the diffusion-only paths (sampling,
+# GPU benchmarks) import this package without it
+BACKBONES = ("EEGNet", "ShallowFBCSPNet", "Deep4Net", "EEGConformer", "ATCNet")
 _SHAPE_ERRORS = (ValueError, RuntimeError)  # what braindecode raises when the input is too short
 _LONGEST_SEARCHED = 1 << 16
 
@@ -39,22 +41,38 @@ def _minimum_n_times(builds: Callable[[int], bool], too_short: int) -> int | Non
     return high
 
 
-def build_backbone(name: str, n_chans: int, n_times: int, sfreq: float, n_outputs: int) -> nn.Module:
-    """The braindecode model ``name`` mapping [B, n_chans, n_times] to [B, n_outputs].
+def braindecode_models() -> dict[str, type[nn.Module]]:
+    """Every braindecode model class (its ``EEGModuleMixin`` subclasses) by name."""
+    from braindecode import models
+    from braindecode.models.base import EEGModuleMixin
+
+    found = ((name, getattr(models, name)) for name in dir(models))
+    return {name: cls for name, cls in found
+            if inspect.isclass(cls) and issubclass(cls, EEGModuleMixin) and cls is not EEGModuleMixin}
+
+
+class BackboneWeightsError(FileNotFoundError):
+    """``backbone_weights`` names weights that are not on this machine."""
+
+
+def build_backbone(name: str, n_chans: int, n_times: int, sfreq: float, n_outputs: int,
+                   kwargs: dict | None = None, weights: str | None = None) -> nn.Module:
+    """The braindecode model ``name`` mapping [B, n_chans, n_times] to [B, n_outputs], built with
+    ``kwargs`` (``backbone_kwargs``), or loaded from ``weights`` (``backbone_weights``: a
+    ``save_pretrained`` directory, or a Hugging Face id resolved from the local cache only) with its
+    head replaced when its output size differs.
 
     Raises ValueError naming the backbone and the shortest input it accepts when ``n_times`` is
     too short for its fixed temporal kernels and pools.
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown EEG backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-
-    from braindecode import models as braindecode_models
-
-    backbone_class = getattr(braindecode_models, name)
+    available = braindecode_models()
+    if name not in available:
+        raise ValueError(f"unknown EEG backbone {name!r}; braindecode {_version()} has: {', '.join(sorted(available))}")
+    backbone_class, kwargs = available[name], dict(kwargs or {})
 
     def make(length: int) -> nn.Module:
         return backbone_class(n_chans=n_chans, n_outputs=n_outputs, n_times=length,
-                              input_window_seconds=length / sfreq, sfreq=sfreq)
+                              input_window_seconds=length / sfreq, sfreq=sfreq, **kwargs)
 
     def builds(length: int) -> bool:
         try:
@@ -66,13 +84,62 @@ def build_backbone(name: str, n_chans: int, n_times: int, sfreq: float, n_output
         return True
 
     try:
-        return make(n_times)
+        if weights is None:
+            return make(n_times)
+        described = make(n_times)  # the architecture this config describes, to check the weights against
     except _SHAPE_ERRORS as exc:
         minimum = _minimum_n_times(builds, n_times)
         if minimum is None:
             raise ValueError(f"{name} cannot be built for n_chans={n_chans}, n_times={n_times}: {exc}") from exc
         raise ValueError(f"{name} needs at least {minimum} time points per trial, got n_times={n_times}; "
                          f"use a longer data.eeg_window or another backbone") from exc
+    return _pretrained(backbone_class, weights, described, n_outputs)
+
+
+def _pretrained(backbone_class, weights: str, described: nn.Module, n_outputs: int) -> nn.Module:
+    """``weights`` loaded offline into ``backbone_class``, checked to have the architecture the
+    config describes: a release rebuilds the encoder from the config alone, without the weights."""
+    local = Path(weights).expanduser()
+    try:
+        model = backbone_class.from_pretrained(str(local) if local.exists() else weights, local_files_only=True)
+    except Exception as exc:  # a missing file, or an id not in the local Hugging Face cache
+        raise BackboneWeightsError(
+            f"backbone_weights={weights!r}: not a save_pretrained directory and not in the local Hugging Face "
+            f"cache ({type(exc).__name__}: {exc}). Download it where the Hub is reachable (`hf download "
+            f"{weights} --local-dir DIR`) and set backbone_weights: DIR") from None
+    if model.n_outputs != n_outputs:
+        try:
+            model.reset_head(n_outputs)
+        except NotImplementedError:  # braindecode has no head reset for this model: move the rest over
+            model = _transplant(model, described, weights)
+    ours = {k: tuple(v.shape) for k, v in described.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if ours != theirs:
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))[:5]
+        raise ValueError(f"backbone_weights={weights!r}: its {type(model).__name__} differs from the one the "
+                         f"config describes ({', '.join(f'{k}: {theirs.get(k)} vs {ours.get(k)}' for k in differ)}); "
+                         f"copy its architecture arguments from its config.json into backbone_kwargs and check "
+                         f"the corpus's channels and time points")
+    return model
+
+
+def _transplant(pretrained: nn.Module, described: nn.Module, weights: str) -> nn.Module:
+    """``described`` with every tensor of ``pretrained`` but the output layer's (the one weight and
+    bias whose shape the new output size changes)."""
+    theirs, ours = pretrained.state_dict(), described.state_dict()
+    differing = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if len(differing) > 2 or len(theirs) != len(ours):
+        raise ValueError(f"backbone_weights={weights!r}: its {type(pretrained).__name__} differs from the one the "
+                         f"config describes beyond the output layer ({', '.join(differing[:5])}); copy its "
+                         f"architecture arguments from its config.json into backbone_kwargs")
+    described.load_state_dict({k: v for k, v in theirs.items() if k not in differing}, strict=False)
+    return described
+
+
+def _version() -> str:
+    import braindecode
+
+    return braindecode.__version__
 
 
 class HighLevelEncoder(nn.Module):
@@ -80,9 +147,10 @@ class HighLevelEncoder(nn.Module):
     teacher's 2048-d feature space (the regressor for feature-based KD, as in FitNets)."""
 
     def __init__(self, cfg: HighLevelConfig, n_chans: int, n_times: int, sfreq: float, num_classes: int,
-                 teacher_dim: int = 2048):
+                 teacher_dim: int = 2048, pretrained: bool = True):
         super().__init__()
-        self.backbone = build_backbone(cfg.backbone, n_chans, n_times, sfreq, cfg.embed_dim)
+        self.backbone = build_backbone(cfg.backbone, n_chans, n_times, sfreq, cfg.embed_dim, cfg.backbone_kwargs,
+                                       cfg.backbone_weights if pretrained else None)
         self.classifier = nn.Linear(cfg.embed_dim, num_classes)
         self.teacher_projection = nn.Linear(cfg.embed_dim, teacher_dim)
 
@@ -96,9 +164,10 @@ class HighLevelEncoder(nn.Module):
 class LowLevelEncoder(nn.Module):
     """Perceptual EEG encoder: backbone → a vector regressed onto the image autoencoder's latent."""
 
-    def __init__(self, cfg: LowLevelConfig, n_chans: int, n_times: int, sfreq: float):
+    def __init__(self, cfg: LowLevelConfig, n_chans: int, n_times: int, sfreq: float, pretrained: bool = True):
         super().__init__()
-        self.backbone = build_backbone(cfg.backbone, n_chans, n_times, sfreq, cfg.latent_dim)
+        self.backbone = build_backbone(cfg.backbone, n_chans, n_times, sfreq, cfg.latent_dim, cfg.backbone_kwargs,
+                                       cfg.backbone_weights if pretrained else None)
 
     def forward(self, eeg: torch.Tensor) -> torch.Tensor:
         """eeg [B, C, T] → latent [B, latent_dim]."""

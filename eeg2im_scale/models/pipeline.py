@@ -62,8 +62,10 @@ def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
         "",
         "## Models",
         f"- teacher: torchvision `{teacher}`, input {model_cfg.teacher.input_size} px",
-        f"- high-level encoder: braindecode `{model_cfg.highlevel.backbone}`, embedding {model_cfg.highlevel.embed_dim}",
-        f"- low-level encoder: braindecode `{model_cfg.lowlevel.backbone}`, latent {model_cfg.lowlevel.latent_dim}",
+        f"- high-level encoder: braindecode `{model_cfg.highlevel.backbone}`{_started_from(model_cfg.highlevel)}, "
+        f"embedding {model_cfg.highlevel.embed_dim}",
+        f"- low-level encoder: braindecode `{model_cfg.lowlevel.backbone}`{_started_from(model_cfg.lowlevel)}, "
+        f"latent {model_cfg.lowlevel.latent_dim}",
         f"- FiLM UNet: channels {list(model_cfg.diffusion.block_channels)}, {model_cfg.diffusion.prediction_type} prediction, "
         f"image size {corpus['image_size']}; weights are the EMA (half-life {cfg.train.ema_halflife_kimg} kimg)",
         "",
@@ -81,6 +83,11 @@ def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
         "from a corpus.",
         "",
     ])
+
+
+def _started_from(encoder_cfg) -> str:
+    weights = encoder_cfg.backbone_weights
+    return f" fine-tuned from pretrained weights `{weights}`" if weights else " (trained from random initialisation)"
 
 
 def _metric_table(entries: dict) -> list[str]:

@@ -248,11 +248,11 @@ def build_stage(name: str, cfg: Config, device: torch.device, dtype: torch.dtype
         augment = cfg.model.teacher.flips if cfg.model.teacher.augment else None
         return Stage(name, TeacherModule(build_teacher_model(cfg.model, geo), augment, dtype, shuffled))
     if name == "lowlevel":
-        return Stage(name, LowLevelModule(*build_lowlevel(cfg.model, geo), cfg.model.lowlevel, dtype))
+        return Stage(name, LowLevelModule(*build_lowlevel(cfg.model, geo, pretrained=True), cfg.model.lowlevel, dtype))
     if name == "highlevel":
         # the fine-tuned export replaces any ImageNet weights, so none are looked up here
         teacher = load_prefixed(Teacher(cfg.model.teacher, geo.num_classes), stage_weights(cfg, "teacher"), "teacher")
-        encoder = build_highlevel(cfg.model, geo)
+        encoder = build_highlevel(cfg.model, geo, pretrained=True)
         return Stage(name, HighLevelModule(encoder, frozen(teacher, device), cfg.model.highlevel, dtype, shuffled))
     if name == "diffusion":
         high = load_prefixed(build_highlevel(cfg.model, geo), stage_weights(cfg, "highlevel"), "encoder")
