@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -106,3 +112,60 @@ def assert_batches_match_reference(root, batches, cfg: DataConfig) -> int:
             assert float(batch["attributes"][i, 0]) == np.float32(meta["attributes"]["hue"])
             rows += 1
     return rows
+
+
+class CorpusHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; ``server.cut_every`` > 0 cuts every n-th shard response after half its bytes
+    (the connection closes mid-body, as a flaky proxy does); ``server.missing`` answers 404."""
+
+    def log_message(self, *args) -> None:  # keep the test output clean
+        pass
+
+    def do_GET(self) -> None:
+        server = self.server
+        with server.lock:
+            server.requests.append(self.path)
+            shard = self.path.endswith(".tar")
+            if shard:
+                server.shard_requests += 1
+            cut = shard and server.cut_every and server.shard_requests % server.cut_every == 0
+        if any(self.path.endswith(name) for name in server.missing):
+            self.send_error(404)
+            return
+        if not cut:
+            super().do_GET()
+            return
+        body = (Path(server.folder) / self.path.lstrip("/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        with server.lock:
+            server.cuts += 1
+        self.close_connection = True
+
+
+@contextlib.contextmanager
+def serving(folder):
+    """A real HTTP server on 127.0.0.1 serving ``folder``: (base URL, server to tune and inspect)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(CorpusHandler, directory=str(folder)))
+    server.folder, server.lock, server.requests = str(folder), threading.Lock(), []
+    server.shard_requests, server.cut_every, server.cuts, server.missing = 0, 0, 0, ()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(params=["local", "http"])
+def corpus_root(request, random_corpus):
+    """``random_corpus`` as a directory and as a URL served on 127.0.0.1: the loader's behaviour
+    (node and worker splitting, fixed-length epochs, mid-epoch resume) must not depend on which."""
+    if request.param == "local":
+        yield random_corpus
+        return
+    with serving(Path(random_corpus).parent) as (base, _):
+        yield f"{base}/{Path(random_corpus).name}"

@@ -21,8 +21,8 @@ def split_keys(root, scheme, split):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_evaluation_reads_every_sample_exactly_once_across_ranks(random_corpus, num_workers, split):
-    cfg = data_cfg(random_corpus, num_workers=num_workers, split_by="subject")
+def test_evaluation_reads_every_sample_exactly_once_across_ranks(random_corpus, corpus_root, num_workers, split):
+    cfg = data_cfg(corpus_root, num_workers=num_workers, split_by="subject")
     seen = Counter()
     for rank in range(2):
         for batch in EEGImageLoader(cfg, split, train=False, rank=rank, world_size=2):
@@ -39,8 +39,8 @@ def run_epoch(loader):
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_training_epoch_has_fixed_length_per_rank_and_disjoint_shards(random_corpus, num_workers):
-    cfg = data_cfg(random_corpus, num_workers=num_workers, samples_per_epoch=100)
+def test_training_epoch_has_fixed_length_per_rank_and_disjoint_shards(random_corpus, corpus_root, num_workers):
+    cfg = data_cfg(corpus_root, num_workers=num_workers, samples_per_epoch=100)
     loaders = [EEGImageLoader(cfg, "train", rank=r, world_size=2) for r in range(2)]
     epochs = [run_epoch(loader) for loader in loaders]
     for loader, batches in zip(loaders, epochs):
@@ -64,8 +64,8 @@ def test_training_stream_is_deterministic_and_changes_with_epoch(random_corpus):
 
 
 @pytest.mark.parametrize("num_workers, stop_after", [(0, 3), (2, 3), (2, 4), (2, 0)])
-def test_resume_mid_epoch_gives_the_same_next_batches(random_corpus, num_workers, stop_after):
-    cfg = data_cfg(random_corpus, num_workers=num_workers, samples_per_epoch=160)
+def test_resume_mid_epoch_gives_the_same_next_batches(corpus_root, num_workers, stop_after):
+    cfg = data_cfg(corpus_root, num_workers=num_workers, samples_per_epoch=160)
     reference = EEGImageLoader(cfg, rank=1, world_size=2)
     expected = [(b["key"], b["eeg"]) for epoch in range(2) for b in reference]
 

@@ -5,65 +5,22 @@ atomically and read from disk afterwards."""
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import data_cfg
+from conftest import data_cfg, serving
 from eeg2im_scale.data.format import SampleError
 from eeg2im_scale.data.loader import EEGImageLoader
 from eeg2im_scale.data.remote import RemoteError, ResumingStream, join, relative_to
 
 
-class CorpusHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; ``server.cut_every`` > 0 cuts every n-th shard response after half its bytes
-    (the connection closes mid-body, as a flaky proxy does); ``server.missing`` answers 404."""
-
-    def log_message(self, *args) -> None:  # keep the test output clean
-        pass
-
-    def do_GET(self) -> None:
-        server = self.server
-        with server.lock:
-            server.requests.append(self.path)
-            shard = self.path.endswith(".tar")
-            if shard:
-                server.shard_requests += 1
-            cut = shard and server.cut_every and server.shard_requests % server.cut_every == 0
-        if any(self.path.endswith(name) for name in server.missing):
-            self.send_error(404)
-            return
-        if not cut:
-            super().do_GET()
-            return
-        body = (Path(server.folder) / self.path.lstrip("/")).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body[: len(body) // 2])
-        self.wfile.flush()
-        with server.lock:
-            server.cuts += 1
-        self.close_connection = True
-
-
 @pytest.fixture
 def served(random_corpus):
-    """``random_corpus`` at ``http://127.0.0.1:PORT/corpus``; the server object to tune and inspect."""
-    folder = Path(random_corpus).parent
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(CorpusHandler, directory=str(folder)))
-    server.folder, server.lock, server.requests = str(folder), threading.Lock(), []
-    server.shard_requests, server.cut_every, server.cuts, server.missing = 0, 0, 0, ()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/{Path(random_corpus).name}", server
-    server.shutdown()
-    server.server_close()
+    """``random_corpus`` at ``http://127.0.0.1:PORT/<name>``; the server object to tune and inspect."""
+    with serving(Path(random_corpus).parent) as (base, server):
+        yield f"{base}/{Path(random_corpus).name}", server
 
 
 def epoch(root, **kw) -> list[dict]:
@@ -162,15 +119,9 @@ def served_tiny(tmp_path):
     from eeg2im_scale.config import load_config
     from eeg2im_scale.data.corpus import write_synthetic
 
-    folder = tmp_path / "www"
-    write_synthetic(load_config(TINY).synth, folder / "corpus")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(CorpusHandler, directory=str(folder)))
-    server.folder, server.lock, server.requests = str(folder), threading.Lock(), []
-    server.shard_requests, server.cut_every, server.cuts, server.missing = 0, 0, 0, ()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/corpus", server
-    server.shutdown()
-    server.server_close()
+    write_synthetic(load_config(TINY).synth, tmp_path / "www" / "corpus")
+    with serving(tmp_path / "www") as (base, server):
+        yield f"{base}/corpus", server
 
 
 TINY = "tests/configs/tiny_train.yaml"
