@@ -41,10 +41,12 @@ def overrides(release):
     return [f"data.root={release / 'corpus'}", *EVAL]
 
 
-def test_single_process_evaluation_writes_metrics_table_and_grid(release, tmp_path):
+def test_single_process_evaluation_writes_metrics_table_and_grid(release, tmp_path, capsys):
     out = tmp_path / "eval"
     assert cli_main(["evaluate", "--config", CONFIG, "--checkpoint", str(release / "run" / "model"),
                      "--out", str(out), *overrides(release)]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]  # a line for people after the JSON
+    assert summary.startswith("evaluated 20 test trials x 2 images: EEG top-1 accuracy ") and "(chance " in summary
     metrics = json.loads((out / "metrics.json").read_text())
     values = {k: v["value"] for k, v in metrics["metrics"].items()}
     for name in ("eeg_top1", "eeg_top5", "inception_score", "fid", "kid", "generated_n_way_top_k", "real_n_way_top_k",

@@ -234,7 +234,25 @@ def cmd_evaluate(args) -> int:
                               f"--overwrite to replace it")
     metrics = evaluate(cfg, args.checkpoint or run_dir / "model", out, given=given_keys(args.config, args.overrides))
     print(json.dumps({k: v["value"] for k, v in metrics["metrics"].items()}))
+    print(evaluation_summary(metrics, out))
     return 0
+
+
+def evaluation_summary(metrics: dict, out: Path) -> str:
+    """One line a person reads: what was evaluated, the headline numbers beside their chance."""
+    protocol = metrics["protocol"]
+    trials = f"{protocol['trials']} {protocol['split']} trials"
+    if protocol.get("partial"):
+        trials += f" (partial: of {protocol['split_trials']})"
+    shown = []
+    for key in ("eeg_top1", "generated_n_way_top_k", "hue_error", "fid"):
+        entry = metrics["metrics"].get(key)
+        if entry is None:
+            continue
+        value = entry["value"]["mean"] if isinstance(entry["value"], dict) else entry["value"]
+        chance = f" (chance {entry['chance']:.3g})" if entry.get("chance") is not None else ""
+        shown.append(f"{entry.get('name', key)} {value:.3g}{chance}")
+    return f"evaluated {trials} x {protocol['images_per_trial']} images: {'; '.join(shown)}; details in {out}"
 
 
 def cmd_tune(args) -> int:
