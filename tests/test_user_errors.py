@@ -247,3 +247,31 @@ def test_generate_reads_a_trial_at_a_url_and_names_the_url_in_its_errors(release
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_release_exported_as_a_diffusers_pipeline_generates_the_same_images(release, tmp_path):
+    """`eeg2im export-diffusers`: diffusers' own layout (model_index.json, a folder per component saved by
+    save_pretrained, a Hub model card), loaded back by from_pretrained; with the same generator it gives
+    exactly the images of `eeg2im generate`'s pipeline."""
+    import json
+
+    from eeg2im_scale.cli.main import main as cli_main
+    from eeg2im_scale.models.diffusers_pipeline import EEG2IMDiffusionPipeline
+    from eeg2im_scale.models.pipeline import EEG2IMPipeline
+
+    _, model = release
+    out = tmp_path / "diffusers"
+    assert cli_main(["export-diffusers", "--model", str(model), "--out", str(out)]) == 0
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "EEG2IMDiffusionPipeline" and {"conditioner", "unet", "scheduler"} <= set(index)
+    assert (out / "unet" / "config.json").is_file() and (out / "scheduler" / "scheduler_config.json").is_file()
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\n") and "EEG2IMDiffusionPipeline.from_pretrained" in card
+    pipe = EEG2IMDiffusionPipeline.from_pretrained(out)
+    trial = np.random.default_rng(0).normal(0, 10, (16, 128)).astype(np.float32)
+    expected = EEG2IMPipeline(model).generate(trial, num_images=2, guidance_scale=3.0, steps=3, seed=7)
+    got = pipe(trial, num_images_per_trial=2, num_inference_steps=3, guidance_scale=3.0,
+               generator=torch.Generator().manual_seed(7), output_type="np").images
+    assert np.array_equal(got, expected)
+    assert len(pipe(trial, num_inference_steps=2, generator=torch.Generator().manual_seed(7)).images) == 1  # PIL
+    assert cli_main(["export-diffusers", "--model", str(model), "--out", str(out)]) == 2  # never over an export

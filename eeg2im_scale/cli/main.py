@@ -223,6 +223,14 @@ def cmd_export_trial(args) -> int:
     return 0
 
 
+def cmd_export_diffusers(args) -> int:
+    from ..models.diffusers_pipeline import export_diffusers
+
+    out = export_diffusers(args.model, args.out, args.sampler)
+    print(f"wrote a diffusers pipeline to {out}: EEG2IMDiffusionPipeline.from_pretrained('{out}')")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from ..eval.evaluator import evaluate
 
@@ -355,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--sampler", choices=typing.get_args(Sampler), default=None)
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    diffusers_export = sub.add_parser("export-diffusers", help="write a release as a diffusers pipeline folder "
+                                                               "(model_index.json, component folders, Hub model card)")
+    diffusers_export.add_argument("--model", required=True, help="release directory (RUN_DIR/model)")
+    diffusers_export.add_argument("--out", required=True, help="output folder (new or empty)")
+    diffusers_export.add_argument("--sampler", choices=typing.get_args(Sampler), default=None,
+                                  help="the pipeline's scheduler (default: the release's model.diffusion.sampler)")
     export = sub.add_parser("export-trial", help="write one trial's raw EEG (.npy) and stimulus from a corpus, "
                                                  "the input `eeg2im generate` takes")
     export.add_argument("--root", required=True, help="corpus directory (manifest.parquet + shards/)")
@@ -381,7 +395,8 @@ def _cuda() -> bool:
 
 COMMANDS = {"synth": cmd_synth, "stream": cmd_stream, "train": train_command.execute, "generate": cmd_generate,
             "preview": cmd_preview, "evaluate": cmd_evaluate, "tune": cmd_tune, "convert": cmd_convert,
-            "report": cmd_report, "protocol": cmd_protocol, "export-trial": cmd_export_trial}
+            "report": cmd_report, "protocol": cmd_protocol, "export-trial": cmd_export_trial,
+            "export-diffusers": cmd_export_diffusers}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,7 +98,13 @@ def sample(unet: FiLMUNet, cond: torch.Tensor, scheduler_name: str, steps: int, 
     Runs in the module's current mode; call ``unet.eval()`` first if that matters (the default
     UNet has no dropout or batch statistics, so it does not).
     """
-    scheduler = make_sampling_scheduler(unet.cfg, scheduler_name)
+    return sample_with(unet, cond, make_sampling_scheduler(unet.cfg, scheduler_name), steps, guidance_scale, image_size,
+                       generator)
+
+
+def sample_with(unet: FiLMUNet, cond: torch.Tensor, scheduler, steps: int, guidance_scale: float, image_size: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`sample` with a given diffusers scheduler (a pipeline's, which its user may swap)."""
     scheduler.set_timesteps(steps, device=cond.device)
     images = randn_tensor((len(cond), 3, image_size, image_size), generator=generator, device=cond.device,
                           dtype=torch.float32) * scheduler.init_noise_sigma
