@@ -255,34 +255,15 @@ def selected_metrics(metrics: dict) -> dict:
 
 
 @torch.no_grad()
-def teacher_accuracy(variant: str, overrides: list[str], run_dir: Path) -> dict:
-    """The release's teacher on the real test images of the evaluated trials, scored like the generated
-    images (same n-way top-k, same draws), plus the stage's own validation-split accuracy."""
-    from eeg2im_scale.data.loader import EEGImageLoader
-    from eeg2im_scale.eval import fidelity
-    from eeg2im_scale.models.pipeline import EEG2IMPipeline
-
-    cfg = load_config(config_path(variant), overrides)
-    e = cfg.eval
-    pipeline = EEG2IMPipeline(run_dir / "model", device="cuda" if torch.cuda.is_available() else "cpu")
-    data_cfg = dataclasses.replace(cfg.data, batch_size=e.batch_size, image_size=pipeline.corpus["image_size"])
-    loader = EEGImageLoader(data_cfg, e.split, train=False)
-    column = f"split_{data_cfg.split_by}"
-    keys = sorted(r["key"] for r in loader.manifest.read(["key", column]).to_pylist() if r[column] == e.split)
-    keep = set(keys[:e.max_trials] if e.max_trials else keys)  # the evaluator's selection
-    logits, labels = [], []
-    for batch in loader:
-        rows = [i for i, k in enumerate(batch["key"]) if k in keep]
-        if rows:
-            logits.append(pipeline.teacher(batch["image"][rows].to(pipeline.device))[0].double().cpu())
-            labels.append(batch["label"][rows])
-    num_classes = len(pipeline.corpus["class_names"])
-    n_way = e.n_way or num_classes
-    result = {"test_images": sum(len(x) for x in labels), "n_way": n_way, "top_k": e.top_k,
-              "chance": min(1.0, e.top_k / n_way)}
-    if labels:
-        result["test_n_way_top_k"] = fidelity.n_way_topk_accuracy(torch.cat(logits), torch.cat(labels), n_way,
-                                                                  e.top_k, trials=10, seed=e.seed)
+def teacher_accuracy(metrics: dict, run_dir: Path) -> dict:
+    """The release's teacher on the real test images of the evaluated trials, as the evaluator scored it
+    (``real_n_way_top_k``: the generated images' n-way top-k on the true images), plus the teacher
+    stage's own validation-split accuracy."""
+    protocol, real = metrics["protocol"], metrics["metrics"].get("real_n_way_top_k")
+    result = {"test_images": protocol["trials"], "n_way": protocol["n_way"], "top_k": protocol["top_k"],
+              "chance": min(1.0, protocol["top_k"] / protocol["n_way"])}
+    if real is not None:
+        result["test_n_way_top_k"] = real["value"]
     validation = run_dir / "stages" / "teacher" / "validation.json"
     if validation.is_file():
         result["val_accuracy"] = json.loads(validation.read_text()).get("accuracy")
@@ -324,7 +305,7 @@ def run_variant(plan: Plan, corpus: Path, method: str, seed: int, variant: str, 
                                                               "sample_steps", "guidance_scale", "n_way", "top_k")},
                    "load_average_1min_after": round(os.getloadavg()[0], 2)})
     if variant == "multilevel":
-        record["teacher"] = teacher_accuracy(variant, overrides, run_dir)
+        record["teacher"] = teacher_accuracy(metrics, run_dir)
     log(f"{name}: evaluated in {eval_seconds:.0f} s: "
         + ", ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items() if v is not None))
     return record
@@ -443,8 +424,8 @@ NOTES = [
     ("generated_n_way_top_k is only meaningful when the teacher classifies the real test images well above chance: "
      "compare with summary.teacher_test_accuracy and summary.teacher_chance"),
     ("teacher_val_accuracy is the teacher stage's own validation-split accuracy (stages/teacher/validation.json); "
-     "teacher_test_accuracy scores the release's teacher on the real images of the evaluated test trials exactly "
-     "like the generated images (same n-way top-k and draws)"),
+     "teacher_test_accuracy is the evaluator's real_n_way_top_k: the release's teacher on the real images of the "
+     "evaluated test trials, scored like the generated images (same n-way top-k and draws, trials in key order)"),
 ]
 QUICK_NOTE = ("quick mode: 2 steps per stage, so the UNet's zero-initialised FiLM output layer (EMA weights in the "
               "release) has barely moved and the three variants generate (nearly) the same images; the numbers only "

@@ -11,7 +11,7 @@
 #
 #   bash benchmarks/gpu/fetch_wheels.sh              # once, where PyPI is reachable (not on the device)
 #   run(command="bash benchmarks/gpu/run.sh", carry=["benchmarks/gpu/wheels"], timeout_s=600)
-#   bash benchmarks/gpu/run.sh --smoke               # the same plumbing on a CPU, every step shrunk (~3 min)
+#   PYTHON=.venv/bin/python bash benchmarks/gpu/run.sh --smoke   # the same plumbing on a CPU, every step shrunk (~2 min)
 # Options: --budget SECONDS (default 540: the device call's 600 s less start-up), --smoke.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
