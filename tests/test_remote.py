@@ -93,8 +93,10 @@ def test_resuming_stream_continues_at_the_same_byte(random_corpus, served):
     with ResumingStream(join(url, "shards/shard-000000.tar"), retries=2, backoff_s=0.01) as stream:
         assert stream.read() == shard.read_bytes()  # the second response's first half skipped, not repeated
         assert stream.reopened == 1
-    server.cut_every = 1  # every response cut: the stream gives up after its retries, naming the URL and byte
-    with pytest.raises(RemoteError, match=r"shard-000000\.tar: connection lost at byte \d+ and not regained after 1"):
+    server.cut_every = 1  # every response cut: the stream gives up after its retries, naming the URL (and the byte
+    # when the cut surfaced while reading rather than while reconnecting: which one depends on the timing)
+    with pytest.raises(RemoteError, match=r"shard-000000\.tar: (connection lost at byte \d+ and not regained|"
+                                          r"unreachable) after 1 retries"):
         with ResumingStream(join(url, "shards/shard-000000.tar"), retries=1, backoff_s=0.01) as stream:
             stream.read()
 
