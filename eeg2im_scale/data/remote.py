@@ -136,7 +136,7 @@ class ResumingStream:
             if self._offset == len(self._pending) and not self._refill():
                 break
             got = min(len(view) - done, len(self._pending) - self._offset)
-            view[done:done + got] = self._pending[self._offset:self._offset + got]
+            view[done:done + got] = self._pending[self._offset:self._offset + got]  # a memoryview: no copy
             self._offset += got
             done += got
         return done
@@ -163,7 +163,7 @@ class ResumingStream:
                 time.sleep(self.backoff_s * 2 ** (failures - 1))
                 self._stream, self._finished = self._reopen()
                 self.reopened += 1
-        self._pending, self._offset = chunk, 0
+        self._pending, self._offset = memoryview(chunk), 0
         self.position += len(chunk)
         return True
 
