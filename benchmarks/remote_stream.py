@@ -12,9 +12,11 @@ train split through :class:`EEGImageLoader` for each source and ``num_workers``:
 
 Per row: samples/s and MB/s (bytes of the epoch's shards, whole files, over wall time, the
 loader's start-up included) as the median of ``--rounds`` rounds after one untimed warm-up epoch
-per source, the sources alternating within a round so the shared machine's drift hits all alike; and the ratio to ``local`` at the same
-worker count. Loopback has no network latency or bandwidth limit: the figure is the cost of the
-remote code path (HTTP parsing, streaming, no seeks), not of a real network.
+per source, the sources alternating within a round so the shared machine's drift hits all alike;
+and the ratio to ``local`` at the same worker count. Loopback has no network latency or bandwidth limit: the figure is the cost of the
+remote code path (HTTP parsing, streaming, no seeks), not of a real network. With two or more
+cores the server is pinned to one core and the benchmark (every source alike) to the others, so the
+server stands in for another host instead of taking the loader's cores.
 Run ``python benchmarks/remote_stream.py --out results.json``; ``--quick`` is a smoke run.
 """
 
@@ -52,8 +54,13 @@ def serve(folder: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    cores = sorted(os.sched_getaffinity(0))
+    pin = (lambda: os.sched_setaffinity(0, cores[:1])) if len(cores) > 1 else None  # the server's own core
     process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                                "--directory", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--directory", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=pin)
+    if len(cores) > 1:  # the loader and its workers on the others: the server stands in for another host
+        os.sched_setaffinity(0, cores[1:])
     base = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -140,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                                "samples_per_shard": synth.samples_per_shard},
                      "corpus_reused": reused, "rounds": rounds, "batch_size": 64, "split": "train (image scheme)",
                      "server": "python -m http.server, a separate process on 127.0.0.1",
+                     "cores": ("server pinned to the first usable core, the benchmark (loader and workers, local and "
+                               "remote alike) to the others" if len(os.sched_getaffinity(0)) < (os.cpu_count() or 1)
+                               else "all usable cores shared"),
                      "mb_per_s": "bytes of the epoch's shards (whole files) / wall time, start-up included"},
         "results": results,
         "runtime_s": round(time.perf_counter() - started, 1),

@@ -366,9 +366,9 @@ def remote_section(data: dict) -> list[str]:
            "rounds, sources alternating. Loopback has no network latency: the fraction is the cost of the remote "
            f"code path, not of a network. Load average on the shared 2-core machine "
            f"{data['machine'].get('load_average_1min_at_start')} at the start, "
-           f"{data['machine'].get('load_average_1min_at_end')} at the end. The server process runs on the same 2 "
-           "cores as the loader and its workers, so every byte is paid for twice on one machine; on a cluster the "
-           "object store or web server is elsewhere. The shard cache reads at local speed from the second epoch.", ""]
+           f"{data['machine'].get('load_average_1min_at_end')} at the end; cores: {settings.get('cores', 'shared')} "
+           "(on one machine the server would otherwise take the loader's cores; on a cluster it is another host). "
+           "The shard cache reads at local speed from the second epoch.", ""]
     if data.get("mode") == "quick":
         out += ["*Smoke-test numbers (`--quick`): they only show that the benchmark runs.*", ""]
     labels = {"local": "local disk", "http": "HTTP, streamed", "http_cache_cold": "HTTP, filling the cache",
