@@ -22,7 +22,8 @@ import yaml
 # ``data.split_by``: the scheme grammar (data/splits.py assigns the splits themselves)
 SPLITS = ("train", "val", "test")
 SCHEMES = ("image", "subject", "block", "release")  # stored as manifest columns split_<scheme>
-SCHEME_FORMS = "image | subject | block | release | loso:<subject> | heldout:<class>,<class>,..."
+SCHEME_FORMS = ("image | subject | block | release | loso:<subject> | heldout:<class>,<class>,... | "
+                "intra:<subject>:<scheme> | inter:<subject>:<scheme>")
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,9 @@ class Scheme:
     """A parsed ``data.split_by``: a stored scheme (``column`` set) or a protocol scheme."""
 
     kind: str
-    subject: int | None = None  # loso
+    subject: int | None = None  # loso, intra, inter
     classes: tuple[str, ...] = ()  # heldout
+    base: str | None = None  # intra, inter: the stored scheme whose splits they restrict
 
     @property
     def column(self) -> str | None:
@@ -48,7 +50,11 @@ def parse_scheme(text: str) -> Scheme:
     classes = tuple(c for c in argument.split(",") if c)
     if kind == "heldout" and classes and len(set(classes)) == len(classes):
         return Scheme(kind, classes=classes)
-    raise ValueError(f"split scheme {text!r} is not one of: {SCHEME_FORMS} (distinct class names)")
+    subject, _, base = argument.partition(":")
+    if kind in ("intra", "inter") and subject.strip().lstrip("-").isdigit() and base in SCHEMES:
+        return Scheme(kind, subject=int(subject), base=base)
+    raise ValueError(f"split scheme {text!r} is not one of: {SCHEME_FORMS} (distinct class names; <scheme> one of "
+                     f"{', '.join(SCHEMES)})")
 
 
 # Choice lists, written once: the config checks values against them, the code that branches on them
@@ -354,7 +360,7 @@ class ProtocolConfig:
     """``eeg2im protocol``: evaluation protocols that rule out leakage (docs/protocols.md)."""
 
     alpha: float = 0.01  # one-sided binomial test level: "above chance", and a control "leaks"
-    subjects: list[int] | None = None  # loso: the test subjects (folds) to run; None: every subject
+    subjects: list[int] | None = None  # loso, retrieval: the test subjects (folds) to run; None: every subject
     heldout_classes: list[str] | None = None  # held-out-classes: the unseen classes; None: drawn with seed
     heldout_fraction: float = 0.2  # share of classes drawn when heldout_classes is None (>= 2 of them)
     lowpass_hz: float = 1.0  # drift control: the classifier sees only EEG content below this frequency
@@ -365,6 +371,11 @@ class ProtocolConfig:
     # split's chance by this much (and significantly), or its verdict is "inconclusive", never "no leakage"
     deep_controls: bool = True  # controls: retrain the EEG encoder per control; false: the drift probe only (seconds)
     control_steps: int | None = None  # controls: EEG encoder steps (cross-entropy only); None: train.highlevel.steps
+    # retrieval: intra-subject (one model per subject) and/or inter-subject (the subject left out of training),
+    # never pooled together; an image's repetitions averaged per subject before embedding (THINGS-EEG2 practice)
+    retrieval_modes: list[Literal["intra", "inter"]] = field(default_factory=lambda: ["intra", "inter"])
+    average_repetitions: bool = True
+    retrieval_top_k: list[int] = field(default_factory=lambda: [1, 5])
 
     def check(self) -> None:
         if not 0 < self.alpha < 1 or not 0 < self.heldout_fraction < 1 or not self.lowpass_hz > 0:
@@ -379,6 +390,10 @@ class ProtocolConfig:
         if not 0 <= self.min_train_margin < 1 or (self.control_steps is not None and self.control_steps < 1):
             raise ConfigError(f"protocol.min_train_margin must be in [0, 1) and protocol.control_steps >= 1 (or null), "
                               f"got {self.min_train_margin}, {self.control_steps}")
+        if not self.retrieval_modes or len(set(self.retrieval_modes)) != len(self.retrieval_modes):
+            raise ConfigError(f"protocol.retrieval_modes must name intra and/or inter once each, got {self.retrieval_modes}")
+        if not self.retrieval_top_k or min(self.retrieval_top_k) < 1:
+            raise ConfigError(f"protocol.retrieval_top_k must list k >= 1, got {self.retrieval_top_k}")
 
 
 @dataclass

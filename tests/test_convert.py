@@ -177,14 +177,23 @@ TRAIN_CONCEPTS = ["00001_aardvark", "00002_abacus", "00003_acorn"]
 TEST_CONCEPTS = ["00001_aircraft_carrier", "00002_alligator"]
 
 
-def things_release(tmp_path, channels=17, points=100, sfreq=100.0, metadata=True, train_reps=2, test_reps=3):
-    """2 subjects; 3 training concepts × 2 images, 2 test concepts × 1 image."""
+def things_code(part: str, index: int, channels: int, points: int) -> np.ndarray:
+    """A fixed random pattern per image: EEG with ``signal`` carries its image (retrieval tests decode it)."""
+    return np.random.default_rng([part == "test", index]).standard_normal((channels, points))
+
+
+def things_release(tmp_path, channels=17, points=100, sfreq=100.0, metadata=True, train_reps=2, test_reps=3,
+                   train_concepts=TRAIN_CONCEPTS, test_concepts=TEST_CONCEPTS, subjects=(1, 2), signal=0.0,
+                   draw=solid):
+    """The release's layout: 2 training images per training concept, 1 per test concept; by default
+    2 subjects, 3 training concepts and 2 test concepts. ``signal`` adds ``things_code`` to every
+    repetition of an image; ``draw(path, k)`` writes the k-th image (training images first)."""
     images = tmp_path / "image_set"
-    listing = {"train": [(c, f"{c[6:]}_{k:02d}b.jpg") for c in TRAIN_CONCEPTS for k in (1, 2)],
-               "test": [(c, f"{c[6:]}_06s.jpg") for c in TEST_CONCEPTS]}
+    listing = {"train": [(c, f"{c[6:]}_{k:02d}b.jpg") for c in train_concepts for k in (1, 2)],
+               "test": [(c, f"{c[6:]}_06s.jpg") for c in test_concepts]}
     for k, (concept, name) in enumerate(listing["train"] + listing["test"]):
-        folder = "training_images" if k < 6 else "test_images"
-        solid(images / folder / concept / name, k)
+        folder = "training_images" if k < len(listing["train"]) else "test_images"
+        draw(images / folder / concept / name, k)
     if metadata:
         kinds = ("concepts", "files")
         np.save(images / "image_metadata.npy", {f"{p}_img_{kind}": [pair[j] for pair in listing[p]]
@@ -192,9 +201,11 @@ def things_release(tmp_path, channels=17, points=100, sfreq=100.0, metadata=True
     rng = np.random.default_rng(1)
     times = np.arange(points) / sfreq - 0.2
     arrays = {}
-    for subject in (1, 2):
-        for part, n, reps in (("training", 6, train_reps), ("test", 2, test_reps)):
+    for subject in subjects:
+        for part, n, reps in (("training", len(listing["train"]), train_reps), ("test", len(listing["test"]), test_reps)):
             eeg = rng.standard_normal((n, reps, channels, points)).astype(np.float32)
+            if signal:
+                eeg += signal * np.stack([things_code(part, i, channels, points) for i in range(n)])[:, None]
             path = tmp_path / "eeg" / f"sub-{subject:02d}" / f"preprocessed_eeg_{part}.npy"
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, {"preprocessed_eeg_data": eeg, "ch_names": [f"E{c}" for c in range(channels)],

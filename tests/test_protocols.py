@@ -16,7 +16,7 @@ from eeg2im_scale.cli.main import main as cli_main
 from eeg2im_scale.config import ConfigError, load_config
 from eeg2im_scale.data.corpus import write_synthetic
 from eeg2im_scale.data.manifest import STATS_CACHE, Manifest
-from eeg2im_scale.data.splits import parse_scheme
+from eeg2im_scale.data.splits import Scheme, parse_scheme
 from eeg2im_scale.data.synth import SyntheticCorpus
 from eeg2im_scale.data.synth_eeg import Stream, generator
 from eeg2im_scale.data.writer import CorpusInfo, RawSample, write_corpus
@@ -113,6 +113,27 @@ def test_table_merges_invocations_and_summarises_loso_folds(tmp_path):
     assert len(table["rows"]) == 4 and summary["value"] == pytest.approx(0.25) and summary["spread"] == 0
 
 
+def test_retrieval_summaries_keep_intra_and_inter_subject_apart(tmp_path):
+    def fold(mode, subject, correct, k=1):
+        row = accuracy_row("retrieval", f"{mode}-subject, subject {subject}", f"retrieval_top{k}", correct, 20,
+                           k / 20, 0.01, split_by=f"{mode}:{subject}:release", run_dir=f"r/{mode}-subject-{subject}")
+        return {**row, "mode": mode, "subject": subject}
+
+    rows = [fold("intra", 1, 10), fold("intra", 2, 6), fold("inter", 1, 2), fold("inter", 2, 1), fold("intra", 1, 14, 5)]
+    table = update_table(tmp_path, "retrieval", rows, ["note"], 0.01)
+    summaries = {(r["variant"], r["metric"]): r for r in table["rows"] if "spread" in r}
+    assert set(summaries) == {("intra-subject mean ± std over subjects", "retrieval_top1"),
+                              ("inter-subject mean ± std over subjects", "retrieval_top1"),
+                              ("intra-subject mean ± std over subjects", "retrieval_top5")}
+    intra, inter = (summaries[(f"{m}-subject mean ± std over subjects", "retrieval_top1")] for m in ("intra", "inter"))
+    assert (intra["value"], intra["correct"], intra["trials"], intra["mode"]) == (pytest.approx(0.4), 16, 40, "intra")
+    assert (inter["value"], inter["correct"], inter["split_by"]) == (pytest.approx(0.075), 3, "inter")
+    assert summaries[("intra-subject mean ± std over subjects", "retrieval_top5")]["spread"] == 0
+    table = update_table(tmp_path, "retrieval", [fold("inter", 2, 9)], ["note"], 0.01)  # a rerun fold is resummarised
+    inter = next(r for r in table["rows"] if r["variant"] == "inter-subject mean ± std over subjects")
+    assert inter["correct"] == 11 and len(table["rows"]) == 8
+
+
 # ---- split schemes --------------------------------------------------------------------------------
 
 
@@ -120,8 +141,9 @@ def test_protocol_schemes_parse_and_bad_ones_are_config_errors():
     assert parse_scheme("image").column == "split_image"
     assert parse_scheme("loso:3").subject == 3 and parse_scheme("loso:3").column is None
     assert parse_scheme("heldout:a,b").classes == ("a", "b")
+    assert parse_scheme("inter:2:release") == Scheme("inter", subject=2, base="release")
     assert load_config(None, ["data.split_by=loso:2"]).data.split_by == "loso:2"
-    for bad in ("imag", "loso:x", "loso:", "heldout:", "heldout:a,a"):
+    for bad in ("imag", "loso:x", "loso:", "heldout:", "heldout:a,a", "intra:1", "intra:1:loso", "inter:x:image"):
         with pytest.raises(ConfigError, match=r"data.split_by: .*loso:<subject>"):
             load_config(None, [f"data.split_by={json.dumps(bad)}"])
 
@@ -145,6 +167,18 @@ def test_loso_and_heldout_memberships_follow_their_definitions(random_corpus):
         manifest.membership("loso:9", "test")
     with pytest.raises(ValueError, match=r"names classes \['zebra'\]"):
         manifest.membership("heldout:a,zebra", "test")
+
+
+def test_intra_and_inter_subject_memberships_restrict_a_stored_scheme(random_corpus):
+    manifest = Manifest(random_corpus)
+    subject = np.array([s for _, s in sorted(manifest_column(random_corpus, "subject").items())])
+    for split in ("train", "val", "test"):
+        stored = manifest.membership("image", split)
+        assert np.array_equal(manifest.membership("intra:1:image", split), stored & (subject == 1))
+        others = stored & (subject == 1) if split == "test" else stored & (subject != 1)
+        assert np.array_equal(manifest.membership("inter:1:image", split), others)
+    with pytest.raises(ValueError, match=r"'inter:1:release' needs the 'release' scheme, not recorded here"):
+        manifest.membership("inter:1:release", "test")
 
 
 def test_protocol_scheme_statistics_come_from_its_training_trials_only(random_corpus, tmp_path):

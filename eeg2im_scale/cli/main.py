@@ -327,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(tune)
     tune.add_argument("--checkpoint", default=None, help="release directory (default: RUN_DIR/model of the config)")
     protocol = sub.add_parser("protocol", help="evaluation protocols that rule out leakage: by-image, leave-one-"
-                                               "subject-out, held-out classes, controls (docs/protocols.md)")
+                                               "subject-out, held-out classes, controls, zero-shot retrieval "
+                                               "(docs/protocols.md)")
     names = protocol.add_subparsers(dest="protocol", required=True)
     for name in PROTOCOLS:
         one = names.add_parser(name, help=PROTOCOL_HELP[name])
@@ -384,6 +385,8 @@ PROTOCOL_HELP = {
     "loso": "leave one subject out: a fresh run per subject; accuracy per fold and mean ± std",
     "held-out-classes": "classes never trained on, classified zero-shot by the nearest teacher-feature prototype",
     "controls": "shuffled labels, and drift (< 1 Hz or pre-stimulus EEG): above chance means the corpus leaks",
+    "retrieval": "zero-shot retrieval of unseen test concepts' images (THINGS-EEG2 200-way style): top-1/top-5 "
+                 "per subject, intra- and inter-subject",
 }
 
 

@@ -128,8 +128,9 @@ class Manifest:
     def _parse(self, scheme: str) -> Scheme:
         """``scheme`` parsed and checked against this corpus."""
         parsed = parse_scheme(scheme)
-        if (parsed.kind if parsed.column else "image") not in self.available_schemes():
-            problem = "is not recorded in this corpus" if parsed.column else "needs the 'image' scheme, not recorded here"
+        needed = parsed.kind if parsed.column else parsed.base or "image"
+        if needed not in self.available_schemes():
+            problem = "is not recorded in this corpus" if parsed.column else f"needs the '{needed}' scheme, not recorded here"
             raise ValueError(f"{self.path}: split scheme '{scheme}' {problem}; "
                              f"available: {', '.join(self.available_schemes())}")
         if parsed.subject is not None and parsed.subject not in self.subjects:
@@ -147,6 +148,11 @@ class Manifest:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if parsed.column is not None:
             return self._column_is(parsed.column, split)
+        if parsed.kind in ("intra", "inter"):
+            subject = self._columns.column("subject").to_numpy() == parsed.subject
+            in_split = self._column_is(f"split_{parsed.base}", split)
+            # inter: the subject's test trials against a model of the others' training and validation trials
+            return in_split & (subject if parsed.kind == "intra" or split == "test" else ~subject)
         if parsed.kind == "loso":
             held_out = self._columns.column("subject").to_numpy() == parsed.subject
         else:

@@ -17,6 +17,11 @@ are parameterised (``eeg2im protocol``, docs/protocols.md):
   subjects' trials of the ``image`` scheme's val images; train: their other trials.
 * ``heldout:<class>,<class>,...``: those classes never reach training. Test: every trial of
   them; train / val: the other classes' trials of the ``image`` scheme's train / val images.
+* ``intra:<subject>:<scheme>``: one subject's trials, split as the stored ``<scheme>`` splits them
+  (intra-subject retrieval trains one model per subject).
+* ``inter:<subject>:<scheme>``: test = that subject's trials in ``<scheme>``'s test split; train /
+  val = the *other* subjects' trials in its train / val splits (inter-subject: the model never
+  sees the tested person, not even the EEG statistics).
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ def heldout_scheme(classes: Iterable[str]) -> str:
     if any("," in c for c in classes):
         raise ValueError(f"class names with a comma cannot be held out by name: {[c for c in classes if ',' in c]}")
     return "heldout:" + ",".join(classes)
+
+
+def subject_scheme(mode: str, subject: int, base: str) -> str:
+    """``intra:<subject>:<base>`` or ``inter:<subject>:<base>``."""
+    return f"{mode}:{subject}:{base}"
 
 
 def split_of_image(image_id: str, fractions: tuple[float, float, float], seed: int) -> str:

@@ -295,7 +295,7 @@ def _protocols(table: dict | None) -> str:
     warning for each control that beats chance, and how each protocol formed its splits."""
     if table is None:
         return _missing("No protocol results: no protocols.json in the run directory. Run `eeg2im protocol "
-                        "{by-image,loso,held-out-classes,controls} --config CONFIG` (docs/protocols.md).")
+                        "{by-image,loso,held-out-classes,controls,retrieval} --config CONFIG` (docs/protocols.md).")
     leaks = [r for r in table["rows"] if r.get("leak")]
     warnings = "".join(
         f"<p class=\"leak\"><b>This corpus leaks</b> under data.split_by={escape(r['split_by'])}: the "

@@ -1,16 +1,18 @@
 """What the protocols measure on a trained run: EEG-classifier accuracy, zero-shot accuracy over
-unseen classes, and that a split keeps every test image out of training. One process (on the GPU
+unseen classes, zero-shot retrieval of unseen concepts' images, and that a split keeps every test
+image (or concept) out of training. One process (on the GPU
 when there is one): the classifier's forward pass over a test split is cheap next to training."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import Config
+from ..config import Config, DataConfig
 from ..data.loader import EEGImageLoader
 from ..data.manifest import Manifest
 from ..models.autoencoder import to_unit_range
@@ -109,6 +111,94 @@ def zero_shot_scores(cfg: Config, heldout: list[str]) -> Scores:
     predicted = nearest_prototype(torch.cat(projections), query_images, features, image_labels, len(heldout))
     return Scores(int((predicted == labels).sum()), len(labels), torch.bincount(labels, minlength=len(heldout)).tolist(),
                   len(heldout))
+
+
+@dataclass
+class RetrievalScores:
+    """Per k, the queries whose own image ranked among the k most similar of ``candidates`` images."""
+
+    hits: dict[int, int]
+    queries: int
+    candidates: int
+
+
+def retrieval_ranks(queries: torch.Tensor, query_images: Sequence[str],
+                    candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per query, how many candidate images are strictly more similar (cosine) to it than its own
+    image: 0 means retrieved first. Ties count in the query's favour, as ``topk`` would place them."""
+    names = sorted(candidates)
+    if missing := sorted(set(query_images) - set(names)):
+        raise ValueError(f"queries of images with no candidate feature: {missing[:5]}")
+    features = F.normalize(torch.stack([candidates[n] for n in names]).double(), dim=1)
+    similarity = F.normalize(queries.double(), dim=1) @ features.T
+    position = {name: k for k, name in enumerate(names)}
+    own = similarity[torch.arange(len(query_images)), torch.tensor([position[i] for i in query_images])]
+    return (similarity > own[:, None]).sum(1)
+
+
+def query_eeg(batches: Iterable[dict], average: bool) -> tuple[list[str], torch.Tensor, dict[str, torch.Tensor]]:
+    """The retrieval queries of a test split, in key order (so no metric depends on loader order):
+    (image of each query, its EEG, one image per distinct image id). ``average``: one query per
+    (subject, image), the mean of that subject's repetitions of the image; otherwise one per trial."""
+    sums: dict[tuple, torch.Tensor] = {}
+    counts: dict[tuple, int] = {}
+    images: dict[str, torch.Tensor] = {}
+    for batch in batches:
+        for k, image in enumerate(batch["image_id"]):
+            key = (int(batch["subject"][k]), image) if average else (batch["key"][k], image)
+            eeg = batch["eeg"][k].double()
+            sums[key] = sums[key] + eeg if key in sums else eeg
+            counts[key] = counts.get(key, 0) + 1
+            images.setdefault(image, batch["image"][k])
+    keys = sorted(sums)
+    eeg = torch.stack([sums[key] / counts[key] for key in keys]).float() if keys else torch.empty(0)
+    return [image for _, image in keys], eeg, images
+
+
+@torch.no_grad()
+def retrieval_scores(data_cfg: DataConfig, embed: Callable[[torch.Tensor], torch.Tensor],
+                     image_features: Callable[[torch.Tensor], torch.Tensor], *, average: bool, top_k: Sequence[int],
+                     batch_size: int = 256) -> RetrievalScores:
+    """Zero-shot retrieval on ``data_cfg``'s test split: each query's EEG embedded and ranked by
+    cosine against the features of every distinct test image (the candidates)."""
+    query_images, eeg, images = query_eeg(EEGImageLoader(data_cfg, "test", train=False), average)
+    if len(images) <= max(top_k):
+        raise ProtocolError(f"retrieval top-{max(top_k)} needs more than {max(top_k)} test images; "
+                            f"data.split_by={data_cfg.split_by} tests {len(images)}")
+    names = sorted(images)
+    candidates = {}
+    for start in range(0, len(names), batch_size):
+        chunk = names[start:start + batch_size]
+        candidates.update(zip(chunk, image_features(torch.stack([images[n] for n in chunk])).cpu()))
+    queries = torch.cat([embed(eeg[start:start + batch_size]).cpu() for start in range(0, len(eeg), batch_size)])
+    ranks = retrieval_ranks(queries, query_images, candidates)
+    return RetrievalScores({k: int((ranks < k).sum()) for k in top_k}, len(ranks), len(candidates))
+
+
+def trained_retrieval_scores(cfg: Config) -> RetrievalScores:
+    """Retrieval with a trained run's EEG encoder (its projection into the teacher's feature
+    space) against its fine-tuned teacher's pooled features."""
+    encoder, geo = _trained_encoder(cfg)
+    device = next(encoder.parameters()).device
+    teacher = load_prefixed(Teacher(cfg.model.teacher, geo.num_classes), stage_weights(cfg, "teacher"), "teacher")
+    teacher = teacher.eval().to(device)
+    return retrieval_scores(cfg.data, lambda eeg: encoder(eeg.to(device))["teacher_proj"],
+                            lambda images: teacher(to_unit_range(images.to(device)))[1],
+                            average=cfg.protocol.average_repetitions, top_k=cfg.protocol.retrieval_top_k)
+
+
+def check_concepts_disjoint(manifest: Manifest, scheme: str, examples: int = 5) -> tuple[int, int]:
+    """No class of the test split is trained on (zero-shot retrieval's premise); returns the counts
+    of training + validation classes and test classes. The ProtocolError names shared classes."""
+    seen = set(manifest.labels(scheme, "train").tolist()) | set(manifest.labels(scheme, "val").tolist())
+    tested = set(manifest.labels(scheme, "test").tolist())
+    shared = [manifest.class_names[c] for c in sorted(seen & tested)]
+    if shared:
+        raise ProtocolError(f"zero-shot retrieval needs test concepts never trained on: data.split_by={scheme} tests "
+                            f"{len(shared)} of its {len(tested)} test classes also in training or validation (e.g. "
+                            f"{', '.join(shared[:examples])}); use a split that holds whole concepts out (THINGS-EEG2's "
+                            f"release)")
+    return len(seen), len(tested)
 
 
 def check_images_disjoint(manifest: Manifest, scheme: str, examples: int = 5) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import numpy as np
 from ..config import Config
 from ..data.manifest import MANIFEST, Manifest
 from ..data.remote import is_url
-from ..data.splits import heldout_scheme, loso_scheme
+from ..data.splits import SCHEMES, heldout_scheme, loso_scheme, subject_scheme
 from ..data.synth_images import class_name
 from . import PROTOCOLS
 
@@ -32,10 +32,11 @@ class Variant:
     run_dir: str
     overrides: tuple[str, ...]  # on top of the user's config and overrides
     stages: tuple[str, ...]  # train.stage values, run in this order
-    evaluation: str  # "pipeline" (eeg2im evaluate) | "classifier" | "zero-shot" | "probe" (trains nothing)
+    evaluation: str  # "pipeline" (eeg2im evaluate) | "classifier" | "zero-shot" | "retrieval" | "probe" (trains nothing)
     control: str | None = None  # "shuffled" | "drift"
     heldout: tuple[str, ...] = ()  # zero-shot: the unseen classes
     window: tuple[int, int] | None = None  # probe: [start, stop) samples of each trial; None: all
+    mode: str | None = None  # retrieval: "intra" | "inter" (subject)
 
     def stage_overrides(self, stage: str) -> list[str]:
         return [*self.overrides, f"train.stage={stage}"]
@@ -83,7 +84,7 @@ def make_plan(protocol: str, cfg: Config, layout: Layout) -> Plan:
         return Variant(protocol, name, run_dir, (override("run_dir", run_dir), *overrides), **kw)
 
     return {"by-image": _by_image, "loso": _loso, "held-out-classes": _held_out_classes,
-            "controls": _controls}[protocol](cfg, layout, variant)
+            "controls": _controls, "retrieval": _retrieval}[protocol](cfg, layout, variant)
 
 
 def _by_image(cfg: Config, layout: Layout, variant) -> Plan:
@@ -133,6 +134,38 @@ def _held_out_classes(cfg: Config, layout: Layout, variant) -> Plan:
          f"trials' statistics). Test: every trial of the held-out classes, classified zero-shot: the class whose "
          f"prototype (mean L2-normalised teacher feature of its images, the trial's own image left out) is "
          f"nearest in cosine to the EEG encoder's projection into the teacher's feature space.")])
+
+
+def _retrieval(cfg: Config, layout: Layout, variant) -> Plan:
+    base, protocol_cfg = cfg.data.split_by, cfg.protocol
+    if base not in SCHEMES:
+        raise ProtocolError(f"retrieval restricts a stored split scheme ({', '.join(SCHEMES)}) to subjects; "
+                            f"data.split_by is {base!r}")
+    if cfg.model.highlevel.feature_kd_weight <= 0:
+        raise ProtocolError("retrieval matches the EEG encoder's projection into the teacher's feature space, which "
+                            "only feature KD trains: model.highlevel.feature_kd_weight must be > 0")
+    subjects = protocol_cfg.subjects if protocol_cfg.subjects is not None else layout.subjects
+    unknown = sorted(set(subjects) - set(layout.subjects))
+    if unknown or not subjects or ("inter" in protocol_cfg.retrieval_modes and len(layout.subjects) < 2):
+        raise ProtocolError(f"retrieval tests subjects among the corpus's {layout.subjects} (inter-subject needs at "
+                            f"least 2); protocol.subjects asks for {subjects}")
+    variants = [variant(f"{mode}-subject-{s}", f"{mode}-subject, subject {s}",
+                        override("data.split_by", subject_scheme(mode, s, base)), evaluation="retrieval", mode=mode)
+                for mode in protocol_cfg.retrieval_modes for s in subjects]
+    top_k = "/".join(f"top-{k}" for k in protocol_cfg.retrieval_top_k)
+    queries = ("the EEG of its repetitions averaged per (subject, image) before embedding" if
+               protocol_cfg.average_repetitions else "every trial a query (no repetition averaging)")
+    return Plan("retrieval", variants, [
+        (f"Zero-shot retrieval on the test split of data.split_by={base}, whose concepts were never trained on "
+         f"(checked before training): for each test image, {queries}; the EEG encoder's projection into the "
+         f"teacher's feature space ranked by cosine against the fine-tuned teacher's pooled features of every "
+         f"distinct test image; {top_k} accuracy, chance k / (test images)."),
+        ("Intra-subject: one run per subject, trained and tested on that subject's trials (EEG z-scored with its "
+         "training trials' statistics). Inter-subject: one run per subject, trained on the other subjects' "
+         "training trials only and tested on that subject's test trials. The two modes are summarised apart and "
+         "must not be compared with each other (published THINGS-EEG2 tables report them separately)."),
+        "The image side is the run's own fine-tuned image teacher (model.teacher.arch), not CLIP: compare with "
+        "published rows that use the same image encoder, or read the numbers as this framework's own."])
 
 
 def _controls(cfg: Config, layout: Layout, variant) -> Plan:

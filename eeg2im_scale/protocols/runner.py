@@ -17,18 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import load_config
+from ..config import load_config, parse_scheme
 from ..data.corpus import ensure_corpus
 from ..data.manifest import MANIFEST, Manifest
 from ..data.remote import is_url
 from ..models.build import Geometry, build_highlevel
-from .evaluate import check_images_disjoint, classifier_scores, zero_shot_scores
+from .evaluate import (check_concepts_disjoint, check_images_disjoint, classifier_scores, trained_retrieval_scores,
+                       zero_shot_scores)
 from .plans import Plan, ProtocolError, Variant, layout_of, make_plan
 from .probe import drift_untestable, run_probes, split_features
 from .stats import chance_level
 from .table import TABLE, accuracy_row, learned, update_table, value_row
 
 log = logging.getLogger(__name__)
+DISJOINT = {"by-image": (check_images_disjoint, "images"), "retrieval": (check_concepts_disjoint, "classes")}
 TRAIN_LAUNCHER = Path(__file__).resolve().parents[2] / "launchers" / "train.py"
 # Each launched job forms its own process group: the rendezvous of this process (left by an
 # in-process run, or by whatever started it) must not leak into it.
@@ -36,6 +38,7 @@ RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_AD
 EVALUATIONS = {"pipeline": "the whole pipeline with `eeg2im evaluate` (eval.split)",
                "classifier": "EEG classifier top-1 on the test split",
                "zero-shot": "zero-shot nearest-prototype top-1 over the held-out classes",
+               "retrieval": "zero-shot retrieval top-k of the test images (cosine, EEG projection vs teacher features)",
                "probe": "linear drift probes on slow features: fitted on the training split, top-1 on the test split"}
 
 
@@ -65,14 +68,14 @@ def run_protocol(protocol: str, config: str | None, overrides: list[str], *, lau
     if dry_run:
         plan = make_plan(protocol, cfg, layout_of(cfg))
         check = None
-        if protocol == "by-image" and (is_url(cfg.data.root) or (Path(cfg.data.root) / MANIFEST).is_file()):
-            check = _disjoint_text(Manifest.for_data(cfg.data), cfg.data.split_by)
+        if protocol in DISJOINT and (is_url(cfg.data.root) or (Path(cfg.data.root) / MANIFEST).is_file()):
+            check = _disjoint_text(protocol, Manifest.for_data(cfg.data), cfg.data.split_by)
         print(describe(plan, config, overrides, launcher, check))
         return None
     ensure_corpus(cfg)
     plan = make_plan(protocol, cfg, layout_of(cfg))
-    if protocol == "by-image":
-        log.info("by-image: %s", _disjoint_text(Manifest.for_data(cfg.data), cfg.data.split_by))
+    if protocol in DISJOINT:
+        log.info("%s: %s", protocol, _disjoint_text(protocol, Manifest.for_data(cfg.data), cfg.data.split_by))
     variant_cfgs = [_prepare(variant, load_config(config, [*overrides, *variant.overrides])) for variant in plan.variants]
     rows = []
     for variant, variant_cfg in zip(plan.variants, variant_cfgs):
@@ -98,9 +101,11 @@ def _prepare(variant: Variant, cfg):
     return cfg
 
 
-def _disjoint_text(manifest: Manifest, scheme: str) -> str:
-    seen, tested = check_images_disjoint(manifest, scheme)
-    return f"data.split_by={scheme}: {seen} training/validation images and {tested} test images, none shared"
+def _disjoint_text(protocol: str, manifest: Manifest, scheme: str) -> str:
+    """The protocol's premise checked before anything trains (ProtocolError when it fails)."""
+    check, what = DISJOINT[protocol]
+    seen, tested = check(manifest, scheme)
+    return f"data.split_by={scheme}: {seen} training/validation {what} and {tested} test {what}, none shared"
 
 
 def _train(variant: Variant, config: str | None, overrides: list[str], launcher: str | None) -> None:
@@ -125,6 +130,8 @@ def _rows(variant: Variant, cfg) -> list[dict]:
     where = {"split_by": cfg.data.split_by, "run_dir": variant.run_dir}
     if variant.evaluation == "probe":
         return [_probe_row(variant, cfg, where)]
+    if variant.evaluation == "retrieval":
+        return _retrieval_rows(variant, cfg, where)
     untestable = None
     if variant.evaluation == "classifier":
         scores = classifier_scores(cfg)
@@ -162,6 +169,17 @@ def _probe_row(variant: Variant, cfg, where: dict) -> dict:
     return accuracy_row(variant.protocol, variant.name, "probe_top1", best.correct, best.trials, best.chance,
                         cfg.protocol.alpha, control="drift", p_value=best.p_value, fit=fit, probe=best.probe,
                         untestable=drift_untestable(manifest.info, lowpass), **where)
+
+
+def _retrieval_rows(variant: Variant, cfg, where: dict) -> list[dict]:
+    """Top-k retrieval rows of one subject's run, chance k / candidates."""
+    scores = trained_retrieval_scores(cfg)
+    extra = {"mode": variant.mode, "subject": parse_scheme(cfg.data.split_by).subject, "candidates": scores.candidates,
+             "averaged_repetitions": cfg.protocol.average_repetitions,
+             "image_encoder": f"fine-tuned teacher {cfg.model.teacher.arch} (pooled features)"}
+    return [{**accuracy_row(variant.protocol, variant.name, f"retrieval_top{k}", hits, scores.queries,
+                            k / scores.candidates, cfg.protocol.alpha, **where), **extra}
+            for k, hits in scores.hits.items()]
 
 
 def _pipeline_rows(variant: Variant, cfg, where: dict) -> list[dict]:

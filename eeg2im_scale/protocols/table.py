@@ -1,12 +1,12 @@
 """``RUN_DIR/protocols.json``: one table of every protocol's results, chance beside each accuracy.
 
 Each row is one number: ``protocol``, ``variant`` (fold, control, ...), ``metric``, ``value``
-(a LOSO summary adds ``spread``), ``chance``, ``trials`` and ``correct`` (where the value is a
+(a summary over folds, LOSO's or retrieval's, adds ``spread``), ``chance``, ``trials`` and ``correct`` (where the value is a
 count of hits), the one-sided binomial ``p_value`` against chance, the ``verdict``, ``leak``
 (controls only: true when the control beats chance; null when it is inconclusive), the control's
 ``train_accuracy`` (its positive control) and the drift ``probe`` that decided the row, the ``split_by`` scheme and the ``run_dir``
 that produced it. Invocations merge: a row replaces the row of the same (protocol, variant,
-metric), so LOSO folds run as separate jobs end up in one table, and the LOSO summary is
+metric), so folds run as separate jobs end up in one table, and the summaries over folds are
 recomputed from every fold row present.
 """
 
@@ -70,21 +70,39 @@ def value_row(protocol: str, variant: str, metric: str, value: float, chance: fl
             "leak": None, "split_by": split_by, "run_dir": run_dir}
 
 
-def loso_summary(rows: list[dict], alpha: float) -> dict | None:
-    """Mean ± sample std of the LOSO fold accuracies, tested on the pooled hits against the
-    trial-weighted chance (None when no fold row exists)."""
-    folds = [r for r in rows if r["protocol"] == "loso" and r["variant"] != LOSO_SUMMARY]
-    if not folds:
-        return None
-    mean, spread = mean_and_spread([r["value"] for r in folds])
-    trials = sum(r["trials"] for r in folds)
-    correct = sum(r["correct"] for r in folds)
-    chance = sum(r["chance"] * r["trials"] for r in folds) / trials
-    p_value = binomial_p_value(correct, trials, chance)
-    return {"protocol": "loso", "variant": LOSO_SUMMARY, "metric": folds[0]["metric"], "value": mean,
-            "spread": spread, "chance": chance, "trials": trials, "correct": correct, "p_value": p_value,
+def summary_variant(protocol: str, row: dict) -> str | None:
+    """The summary row a fold row belongs to (None: the protocol has no folds). Retrieval's intra-
+    and inter-subject folds are summarised apart: the field never pools them."""
+    if protocol == "loso":
+        return LOSO_SUMMARY
+    if protocol == "retrieval":
+        return f"{row['mode']}-subject mean ± std over subjects"
+    return None
+
+
+def fold_summaries(protocol: str, rows: list[dict], alpha: float) -> list[dict]:
+    """Per metric (and summary variant): mean ± sample std of the fold values, tested on the
+    pooled hits against the trial-weighted chance. Summary rows are those with a ``spread``."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        variant = summary_variant(protocol, row) if row["protocol"] == protocol and "spread" not in row else None
+        if variant is not None:
+            groups.setdefault((row["metric"], variant), []).append(row)
+    summaries = []
+    for (metric, variant), folds in groups.items():
+        mean, spread = mean_and_spread([r["value"] for r in folds])
+        trials = sum(r["trials"] for r in folds)
+        correct = sum(r["correct"] for r in folds)
+        chance = sum(r["chance"] * r["trials"] for r in folds) / trials
+        p_value = binomial_p_value(correct, trials, chance)
+        summaries.append({
+            "protocol": protocol, "variant": variant, "metric": metric, "value": mean, "spread": spread,
+            "chance": chance, "trials": trials, "correct": correct, "p_value": p_value,
             "verdict": VERDICTS[None][0 if p_value < alpha else 1] + f" ({len(folds)} folds, pooled test)",
-            "leak": None, "split_by": "loso", "run_dir": str(Path(folds[0]["run_dir"]).parent)}
+            "leak": None, "split_by": folds[0]["split_by"].partition(":")[0],
+            "run_dir": str(Path(folds[0]["run_dir"]).parent),
+            **({"mode": folds[0]["mode"]} if "mode" in folds[0] else {})})
+    return summaries
 
 
 def read_table(run_dir: str | Path) -> dict | None:
@@ -97,10 +115,8 @@ def update_table(run_dir: str | Path, protocol: str, rows: list[dict], notes: li
     table = read_table(run_dir) or {"rows": [], "notes": {}}
     keys = {(r["protocol"], r["variant"], r["metric"]) for r in rows}
     merged = [r for r in table["rows"] if (r["protocol"], r["variant"], r["metric"]) not in keys] + rows
-    if protocol == "loso":
-        merged = [r for r in merged if not (r["protocol"] == "loso" and r["variant"] == LOSO_SUMMARY)]
-        summary = loso_summary(merged, alpha)
-        merged += [summary] if summary else []
+    merged = [r for r in merged if not (r["protocol"] == protocol and "spread" in r)]
+    merged += fold_summaries(protocol, merged, alpha)
     table = {"updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "alpha": alpha,
              "rows": merged, "notes": {**table["notes"], protocol: notes}}
     path = Path(run_dir) / TABLE
