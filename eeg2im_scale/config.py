@@ -160,9 +160,9 @@ class DataConfig:
 
 @dataclass
 class TeacherConfig:
-    """The ResNet50 image teacher whose logits and pooled features are distilled into the EEG."""
+    """The image teacher (ResNet50 in the paper) whose logits and pooled features are distilled into the EEG."""
 
-    arch: Literal["resnet50", "resnet34", "resnet18"] = "resnet50"  # the paper's is ResNet50; smaller ones for CPU budgets
+    arch: str = "resnet50"  # any torchvision classifier (models/teacher.py); the paper's is ResNet50, resnet18 fits CPUs
     pretrained: bool = False  # ImageNet weights: from `weights` or the torch hub cache, never downloaded
     weights: str | None = None  # path to a torchvision state dict of `arch` (.pth/.safetensors)
     input_size: int = 224  # images are resized to this before the teacher

@@ -424,7 +424,8 @@ def test_condition_on_selects_the_features_that_reach_the_unet(condition_on):
         assert torch.allclose(cond, low(eeg))
 
 
-@pytest.mark.parametrize("arch, width", [("resnet18", 512), ("resnet50", 2048)])
+@pytest.mark.parametrize("arch, width", [("resnet18", 512), ("resnet50", 2048), ("mobilenet_v3_small", 1024),
+                                         ("efficientnet_b0", 1280)])
 def test_teacher_arch_sets_the_feature_width_the_highlevel_encoder_projects_to(arch, width):
     from eeg2im_scale.models.build import Geometry, build_highlevel, build_teacher_model
 
@@ -445,6 +446,29 @@ def test_pretrained_resnet18_is_looked_up_under_its_own_name(empty_hub):
     empty_hub.mkdir(parents=True)
     torch.save(resnet18(weights=None).state_dict(), empty_hub / "resnet18-f37072fd.pth")
     assert build_teacher(TeacherConfig(arch="resnet18", pretrained=True), 3).head.in_features == 512
+
+
+def test_any_torchvision_classifier_is_a_teacher_loaded_from_its_own_cache_file(empty_hub):
+    """The classifier (here MobileNetV3's ``classifier.3``) is found by position, dropped from the
+    ImageNet state dict, and kept only when it already has our class count."""
+    from torchvision.models import mobilenet_v3_small
+
+    from eeg2im_scale.models.teacher import WeightsNotFoundError
+
+    cfg = TeacherConfig(arch="mobilenet_v3_small", pretrained=True, input_size=32)
+    with pytest.raises(WeightsNotFoundError, match="mobilenet_v3_small-047dcff4.pth"):
+        build_teacher(cfg, 3)
+    empty_hub.mkdir(parents=True)
+    torch.manual_seed(0)
+    imagenet = mobilenet_v3_small(weights=None).state_dict()
+    torch.save(imagenet, empty_hub / "mobilenet_v3_small-047dcff4.pth")
+    teacher = build_teacher(cfg, 3)
+    assert teacher.classifier == "classifier.3" and teacher.head.out_features == 3
+    torch.testing.assert_close(teacher.trunk.state_dict()["classifier.0.weight"], imagenet["classifier.0.weight"])
+    assert not torch.equal(teacher.head.weight[:3], imagenet["classifier.3.weight"][:3])  # a new head for 3 classes
+    with pytest.raises(ValueError, match=r"model.teacher.arch 'resnet51' is not a torchvision classification "
+                                         r"model; torchvision .* has: .*convnext_tiny.*resnet50"):
+        build_teacher(TeacherConfig(arch="resnet51"), 3)
 
 
 def test_any_braindecode_model_is_a_backbone_with_its_kwargs_and_unknown_names_list_the_choices():

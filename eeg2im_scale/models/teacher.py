@@ -1,5 +1,6 @@
-"""The ResNet image teacher (ResNet50 in the paper) whose logits (response KD) and pooled
-features (feature KD) the high-level EEG encoder learns from.
+"""The image teacher (ResNet50 in the paper; any torchvision ImageNet classifier) whose logits
+(response KD) and pooled features (feature KD, and the image side of zero-shot retrieval) the
+high-level EEG encoder learns from.
 
 ImageNet weights are only ever read from disk — ``model.teacher.weights`` or torchvision's own
 file in the torch hub cache — so a training job on an offline cluster fails at start-up with
@@ -8,14 +9,16 @@ instructions rather than hanging on a download.
 
 from __future__ import annotations
 
+import functools
 import logging
 import typing
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
-from torchvision.models import resnet18, resnet34, resnet50
+from torchvision import models as tv_models
 
 from ..config import TeacherConfig, TeacherFlips
 from .autoencoder import to_unit_range
@@ -24,15 +27,46 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# arch -> (constructor, pooled feature width, the file name torchvision gives its IMAGENET1K_V1 weights)
-ARCHS = {"resnet50": (resnet50, 2048, "resnet50-0676ba61.pth"),
-         "resnet34": (resnet34, 512, "resnet34-b627a593.pth"),
-         "resnet18": (resnet18, 512, "resnet18-f37072fd.pth")}
 
 
+def image_models() -> list[str]:
+    """torchvision's ImageNet classifiers (its top-level ``models`` namespace: no detection,
+    segmentation or video models), the choices of ``model.teacher.arch``."""
+    return tv_models.list_models(module=tv_models)
+
+
+def _trunk(arch: str) -> tuple[nn.Module, int, str]:
+    """torchvision's ``arch`` with its classifier — the last linear layer, whose input is the pooled
+    feature in every torchvision classifier — replaced by the identity: (trunk, feature width,
+    the classifier's name in torchvision's state dict)."""
+    if arch not in image_models():
+        raise ValueError(f"model.teacher.arch {arch!r} is not a torchvision classification model; torchvision "
+                         f"{torchvision.__version__} has: {', '.join(image_models())}")
+    model = tv_models.get_model(arch, weights=None)
+    linear = [n for n, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not linear:  # SqueezeNet classifies with a convolution: no pooled feature to distil
+        raise ValueError(f"model.teacher.arch {arch!r} has no linear classifier whose input is a pooled feature")
+    name = linear[-1]
+    width = model.get_submodule(name).in_features
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent), leaf, nn.Identity())
+    return model, width, name
+
+
+@functools.lru_cache(maxsize=None)
 def feature_dim(arch: str) -> int:
-    """Width of the teacher's pooled feature, the target of feature-based KD."""
-    return ARCHS[arch][1]
+    """Width of the teacher's pooled feature, the target of feature-based KD. Built on the meta
+    device (no memory for the weights) where the architecture allows it."""
+    try:
+        with torch.device("meta"):
+            return _trunk(arch)[1]
+    except (NotImplementedError, RuntimeError):
+        return _trunk(arch)[1]
+
+
+def weight_files(arch: str) -> list[str]:
+    """The file names torchvision gives ``arch``'s ImageNet weights, its first (V1) release first."""
+    return [weights.url.rsplit("/", 1)[-1] for weights in tv_models.get_model_weights(arch)]
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -52,12 +86,13 @@ def find_imagenet_weights(cfg: TeacherConfig) -> Path:
             raise WeightsNotFoundError(f"model.teacher.weights points to {path}, which does not exist. Set it to a "
                                        f"torchvision {cfg.arch} state dict (.pth or .safetensors).")
         return path
-    cached = sorted(hub_checkpoint_dir().glob(f"{cfg.arch}-*.pth"))
+    names = weight_files(cfg.arch)
+    cached = [hub_checkpoint_dir() / name for name in names if (hub_checkpoint_dir() / name).is_file()]
     if not cached:
         raise WeightsNotFoundError(
             f"model.teacher.pretrained=true but no {cfg.arch} ImageNet weights were found, and nothing is downloaded. "
             f"Either set model.teacher.weights=/path/to/{cfg.arch}.pth (a torchvision {cfg.arch} state dict, .pth or "
-            f".safetensors), or place torchvision's file as {hub_checkpoint_dir() / ARCHS[cfg.arch][2]} "
+            f".safetensors), or place torchvision's file as {hub_checkpoint_dir() / names[0]} "
             "(the torch hub cache; TORCH_HOME moves it). Or set model.teacher.pretrained=false to start from scratch.")
     return cached[0]
 
@@ -71,7 +106,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 class Teacher(nn.Module):
-    """ResNet trunk (``cfg.arch``) + a ``num_classes`` linear head.
+    """A torchvision classifier's trunk (``cfg.arch``) + a ``num_classes`` linear head.
 
     ``forward`` takes the loader's uint8 images (or float images in [-1, 1], e.g. generated ones),
     so ImageNet normalisation and resizing live with the model that needs them.
@@ -81,23 +116,22 @@ class Teacher(nn.Module):
         super().__init__()
         self.input_size = cfg.input_size
         self.arch = cfg.arch
-        build, width, _ = ARCHS[cfg.arch]
-        self.trunk = build(weights=None)
-        self.trunk.fc = nn.Identity()  # the trunk ends at the global-average-pooled feature
+        self.trunk, width, self.classifier = _trunk(cfg.arch)  # the trunk ends at the pooled feature
         self.head = nn.Linear(width, num_classes)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def load_imagenet(self, state: dict[str, torch.Tensor], source: Path) -> None:
-        """Load a torchvision state dict of ``arch``; its ``fc`` is kept only if it already has our class count."""
-        fc = {k.removeprefix("fc."): v for k, v in state.items() if k.startswith("fc.")}
+        """Load a torchvision state dict of ``arch``; its classifier is kept only if it already has our class count."""
+        prefix = f"{self.classifier}."
+        classifier = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         try:
-            self.trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)
+            self.trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)}, strict=True)
         except RuntimeError as exc:
             raise ValueError(f"{source} is not a torchvision {self.arch} state dict: {exc}") from exc
-        keep_head = "weight" in fc and fc["weight"].shape == self.head.weight.shape
+        keep_head = "weight" in classifier and classifier["weight"].shape == self.head.weight.shape
         if keep_head:
-            self.head.load_state_dict(fc)
+            self.head.load_state_dict(classifier)
         log.info("teacher: %s weights from %s (%s head)", self.arch, source, "loaded" if keep_head else "new")
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -114,6 +148,8 @@ class Teacher(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """→ (logits [B, num_classes], pooled features [B, feature_dim(arch)])."""
         features = self.trunk(self.preprocess(images))
+        if isinstance(features, tuple):  # Inception / GoogLeNet in training mode: (main, auxiliary outputs)
+            features = features[0]
         return self.head(features), features
 
 
