@@ -251,27 +251,48 @@ def test_generate_reads_a_trial_at_a_url_and_names_the_url_in_its_errors(release
 
 def test_a_release_exported_as_a_diffusers_pipeline_generates_the_same_images(release, tmp_path):
     """`eeg2im export-diffusers`: diffusers' own layout (model_index.json, a folder per component saved by
-    save_pretrained, a Hub model card), loaded back by from_pretrained; with the same generator it gives
-    exactly the images of `eeg2im generate`'s pipeline."""
+    save_pretrained, a Hub model card whose model-index holds the test metrics), loaded back by the
+    generic DiffusionPipeline.from_pretrained; with the same generator it gives exactly the images of
+    `eeg2im generate`'s pipeline."""
     import json
+    import shutil
+
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import ModelCard
 
     from eeg2im_scale.cli.main import main as cli_main
     from eeg2im_scale.models.diffusers_pipeline import EEG2IMDiffusionPipeline
     from eeg2im_scale.models.pipeline import EEG2IMPipeline
 
-    _, model = release
+    model = shutil.copytree(release[1], tmp_path / "run" / "model")
+    (tmp_path / "run" / "eval").mkdir()
+    metrics = {"metrics": {"eeg_top1": {"name": "EEG top-1 accuracy", "value": 0.5, "chance": 0.34},
+                           "fid": {"name": "FID", "value": None}},
+               "protocol": {"split": "test", "partial": False}}
+    (tmp_path / "run" / "eval" / "metrics.json").write_text(json.dumps(metrics))
     out = tmp_path / "diffusers"
     assert cli_main(["export-diffusers", "--model", str(model), "--out", str(out)]) == 0
     index = json.loads((out / "model_index.json").read_text())
-    assert index["_class_name"] == "EEG2IMDiffusionPipeline" and {"conditioner", "unet", "scheduler"} <= set(index)
+    assert index["_class_name"] == ["pipeline", "EEG2IMDiffusionPipeline"] and {"conditioner", "unet", "scheduler"} <= set(index)
     assert (out / "unet" / "config.json").is_file() and (out / "scheduler" / "scheduler_config.json").is_file()
-    card = (out / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: diffusers\n") and "EEG2IMDiffusionPipeline.from_pretrained" in card
-    pipe = EEG2IMDiffusionPipeline.from_pretrained(out)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "diffusers" and "eeg" in card.data.tags
+    (result,) = card.data.eval_results  # scalar metrics only: FID was not computed
+    assert (result.metric_type, result.metric_value, result.dataset_split) == ("eeg_top1", 0.5, "test")
+    assert "DiffusionPipeline.from_pretrained" in card.text
+    pipe = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
+    assert isinstance(pipe, EEG2IMDiffusionPipeline)
     trial = np.random.default_rng(0).normal(0, 10, (16, 128)).astype(np.float32)
     expected = EEG2IMPipeline(model).generate(trial, num_images=2, guidance_scale=3.0, steps=3, seed=7)
     got = pipe(trial, num_images_per_trial=2, num_inference_steps=3, guidance_scale=3.0,
                generator=torch.Generator().manual_seed(7), output_type="np").images
     assert np.array_equal(got, expected)
     assert len(pipe(trial, num_inference_steps=2, generator=torch.Generator().manual_seed(7)).images) == 1  # PIL
+    assert np.array_equal(EEG2IMDiffusionPipeline.from_pretrained(out)(
+        trial, num_images_per_trial=2, num_inference_steps=3, guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(7), output_type="np").images, expected)
+    with (out / "pipeline.py").open("a") as loader:
+        loader.write("print('code the export did not write')\n")
+    with pytest.raises(ValueError, match="trust_remote_code=True"):  # other code is never run unasked
+        EEG2IMDiffusionPipeline.from_pretrained(out)
     assert cli_main(["export-diffusers", "--model", str(model), "--out", str(out)]) == 2  # never over an export

@@ -227,7 +227,7 @@ def cmd_export_diffusers(args) -> int:
     from ..models.diffusers_pipeline import export_diffusers
 
     out = export_diffusers(args.model, args.out, args.sampler)
-    print(f"wrote a diffusers pipeline to {out}: EEG2IMDiffusionPipeline.from_pretrained('{out}')")
+    print(f"wrote a diffusers pipeline to {out}: DiffusionPipeline.from_pretrained('{out}', trust_remote_code=True)")
     return 0
 
 

@@ -90,6 +90,15 @@ class EEG2IMDiffusionPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(conditioner=conditioner, unet=unet, scheduler=scheduler)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As diffusers' own, without ``trust_remote_code`` for a folder whose loader file is the one
+        :func:`export_diffusers` writes (it only imports this class); any other code still needs it."""
+        loader = Path(pretrained_model_name_or_path) / f"{LOADER_FILE}.py"
+        if loader.is_file() and loader.read_text() == LOADER_SOURCE:
+            kwargs.setdefault("trust_remote_code", True)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     @torch.no_grad()
     def __call__(self, eeg, num_images_per_trial: int = 1, num_inference_steps: int = 50,
                  guidance_scale: float = 3.0, generator: torch.Generator | None = None,
@@ -105,35 +114,64 @@ class EEG2IMDiffusionPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=out) if return_dict else (out,)
 
 
-HUB_HEADER = """---
-library_name: diffusers
-license: mit
-pipeline_tag: unconditional-image-generation
-tags:
-- eeg
-- eeg-to-image
-- brain-computer-interface
-- diffusion
-- braindecode
-- eeg2im_scale
----
+HUB_TAGS = ["eeg", "eeg-to-image", "brain-computer-interface", "diffusion", "braindecode", "eeg2im_scale"]
+TASK = "unconditional-image-generation"  # the Hub's pipeline tag nearest to EEG-conditioned generation
+# model_index.json names the class as [module file, class]: diffusers then imports it from that file in the folder
+LOADER_FILE = "pipeline"
+LOADER_SOURCE = ('"""Lets `DiffusionPipeline.from_pretrained(<this folder>, trust_remote_code=True)` find the pipeline '
+                 'class; it needs eeg2im_scale installed."""\nfrom eeg2im_scale.models.diffusers_pipeline import '
+                 'EEG2IMDiffusionPipeline  # noqa: F401\n')
 
-"""
+
+def release_metrics(model_dir: str | Path) -> dict | None:
+    """The release's test metrics (``RUN_DIR/eval/metrics.json`` of a complete test evaluation, the
+    one that also fills its model card); None when there is none."""
+    path = Path(model_dir).parent / "eval" / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    protocol = metrics.get("protocol", {})
+    return metrics if protocol.get("split") == "test" and not protocol.get("partial") else None
+
+
+def hub_header(name: str, corpus: dict, metrics: dict | None) -> str:
+    """The card's YAML header as the Hub reads it (``huggingface_hub.ModelCardData``): library,
+    license, tags, dataset, and a ``model-index`` of the test metrics (scalar values only)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset = str(corpus.get("source", "unknown"))
+    results = [EvalResult(task_type=TASK, task_name="EEG-to-image generation", dataset_type=dataset,
+                          dataset_name=dataset, dataset_split="test", metric_type=key,
+                          metric_name=entry.get("name", key), metric_value=float(entry["value"]))
+               for key, entry in (metrics or {}).get("metrics", {}).items()
+               if isinstance(entry.get("value"), (int, float)) and np.isfinite(entry["value"])]
+    data = ModelCardData(library_name="diffusers", license="mit", pipeline_tag=TASK, tags=HUB_TAGS,
+                         datasets=[dataset], metrics=[r.metric_type for r in results] or None, model_name=name,
+                         eval_results=results or None)
+    return f"---\n{data.to_yaml()}\n---\n\n"
 
 
 def export_diffusers(model_dir: str | Path, out: str | Path, sampler: str | None = None) -> Path:
     """Write the release ``model_dir`` as a diffusers pipeline folder ``out`` (which must not exist or
-    be empty), with the release's model card under the Hub's YAML header, so that
-    ``huggingface_hub.upload_folder`` publishes it as is."""
+    be empty), with the release's model card under the Hub's YAML header (test metrics in its
+    ``model-index``), so that ``huggingface_hub.upload_folder`` publishes it as is, and
+    ``DiffusionPipeline.from_pretrained(out, trust_remote_code=True)`` loads it as any custom pipeline."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; choose a new --out")
-    from_release(model_dir, sampler).save_pretrained(out)
+    pipe = from_release(model_dir, sampler)
+    pipe.save_pretrained(out)
+    index = json.loads((out / "model_index.json").read_text())
+    index["_class_name"] = [LOADER_FILE, type(pipe).__name__]
+    (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    (out / f"{LOADER_FILE}.py").write_text(LOADER_SOURCE)
     card = (Path(model_dir) / "README.md").read_text()
-    usage = ("\n## Load with diffusers\n```python\nfrom eeg2im_scale.models.diffusers_pipeline import "
-             "EEG2IMDiffusionPipeline\npipe = EEG2IMDiffusionPipeline.from_pretrained(\"<this folder>\")\n"
+    usage = ("\n## Load with diffusers\n```python\nfrom diffusers import DiffusionPipeline\n"
+             "pipe = DiffusionPipeline.from_pretrained(\"<this folder>\", trust_remote_code=True)  # needs eeg2im_scale\n"
              "images = pipe(eeg_trial, num_images_per_trial=4, num_inference_steps=50, guidance_scale=3.0).images\n```\n")
-    (out / "README.md").write_text(HUB_HEADER + card + usage)
+    header = hub_header(f"eeg2im-{Path(model_dir).resolve().parent.name}", pipe.conditioner.config.corpus,
+                        release_metrics(model_dir))
+    (out / "README.md").write_text(header + card + usage)
     return out
 
 
