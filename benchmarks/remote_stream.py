@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
              if args.quick else SynthConfig(num_samples=2000, channels=128, time_points=440, image_size=64,
                                             samples_per_shard=250, workers=2))
     started = time.perf_counter()
-    machine = machine_info("fsspec", "aiohttp")
+    machine = machine_info("fsspec")
     root, reused = synthetic_corpus(synth, args.work_dir / "corpus", "remote")
     server, base = serve(root.parent)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731

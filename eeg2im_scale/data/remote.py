@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 URL_PREFIXES = ("http://", "https://", "s3://", "gs://", "gcs://", "file://", "pipe:")
 CHUNK = 1 << 20
+HTTP_TIMEOUT_S = 60.0  # a stalled connection raises after this long and is resumed like a dropped one
 
 
 class RemoteError(OSError):
@@ -82,13 +83,34 @@ def _open_raw(url: str) -> tuple[BinaryIO, Callable[[], None]]:
                 error = process.stderr.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
                 raise OSError(f"command exited with {code}: {error[0]}")
         return process.stdout, finished
+    if url.startswith(("http://", "https://")):
+        return _open_http(url)
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(url)
-    # HTTP: block_size=0 is a plain streamed download, no range requests (servers need not support them);
-    # object stores read front to back through their own ranged reads
-    stream = fs.open(path, "rb", block_size=0) if url.startswith(("http://", "https://")) else fs.open(path, "rb")
-    return stream, lambda: None
+    return fs.open(path, "rb"), lambda: None  # object stores read front to back through their own ranged reads
+
+
+def _open_http(url: str) -> tuple[BinaryIO, Callable[[], None]]:
+    """A plain streamed GET by the standard library (proxies from the environment, redirects, TLS;
+    no range requests: servers need not support them). Its response reads straight from the
+    socket, at about twice the rate of fsspec's asynchronous client on a busy core
+    (docs/performance.md)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Accept-Encoding": "identity"})
+    try:
+        response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (404, 410):
+            raise FileNotFoundError(f"HTTP {exc.code}") from None
+        raise OSError(f"HTTP {exc.code} {exc.reason}") from None
+
+    def finished() -> None:  # http.client ends a body cut short silently: compare with Content-Length
+        if response.length:
+            raise OSError(f"the connection closed {response.length} bytes before the announced end")
+    return response, finished
 
 
 class ResumingStream:
@@ -191,12 +213,15 @@ class ResumingStream:
 
 
 def _client_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions a dropped HTTP connection raises through fsspec (aiohttp's, when installed)."""
+    """The exceptions a dropped connection raises besides OSError: http.client's (a chunked body
+    cut short), and aiohttp's through fsspec's backends, when installed."""
+    import http.client
+
     try:
         import aiohttp
     except ImportError:
-        return ()
-    return (aiohttp.ClientError, )
+        return (http.client.HTTPException, )
+    return (http.client.HTTPException, aiohttp.ClientError)
 
 
 def _discard(stream: BinaryIO, count: int) -> None:
