@@ -81,11 +81,12 @@ def _gaussian_taps(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
 
 def ssim(fake: torch.Tensor, real: torch.Tensor) -> np.ndarray:
     """Per pair of ``mindeye_images``: skimage's ``structural_similarity(gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=1.0)`` on ``rgb2gray`` images at 425×425. skimage filters the whole
-    image and then drops the filter radius at each border, so a valid (unpadded) convolution gives the same map."""
-    gray = torch.tensor(GRAY, dtype=torch.float64, device=fake.device).view(1, 3, 1, 1)
-    x, y = ((_resize(im, 425).double() * gray).sum(1, keepdim=True) for im in (fake, real))
-    taps = _gaussian_taps().to(fake.device)
+    use_sample_covariance=False, data_range=1.0)`` on ``rgb2gray`` images at 425×425, in float32 as skimage
+    computes float32 images (MindEye's), averaged in float64. skimage filters the whole image and then drops the
+    filter radius at each border, so a valid (unpadded) convolution gives the same map."""
+    gray = torch.tensor(GRAY, device=fake.device).view(1, 3, 1, 1)
+    x, y = ((_resize(im, 425) * gray).sum(1, keepdim=True) for im in (fake, real))
+    taps = _gaussian_taps().float().to(fake.device)
 
     def blur(z):
         z = nn.functional.conv2d(z, taps.view(1, 1, -1, 1))
@@ -95,7 +96,7 @@ def ssim(fake: torch.Tensor, real: torch.Tensor) -> np.ndarray:
     vx, vy, vxy = blur(x * x) - ux * ux, blur(y * y) - uy * uy, blur(x * y) - ux * uy
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(1).cpu().numpy()
+    return s.flatten(1).double().mean(1).cpu().numpy()
 
 
 def correlations(fake: np.ndarray, real: np.ndarray) -> np.ndarray:
