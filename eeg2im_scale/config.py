@@ -306,6 +306,27 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}.lr must be > 0, got {self.stage_config(name).lr}")
 
 
+ReconstructionMetric = Literal["pixcorr", "ssim", "alexnet2", "alexnet5", "inception", "clip", "effnet", "swav"]
+
+
+@dataclass
+class ReconstructionConfig:
+    """MindEye's reconstruction table (eval/reconstruction.py): which metrics, and where each network's weights
+    are. Only local files are read: ``None`` looks in the torch hub cache under torchvision's file name."""
+
+    metrics: list[ReconstructionMetric] = field(default_factory=lambda: ["pixcorr", "ssim"])  # network-free: offline
+    alexnet_weights: str | None = None  # alexnet2, alexnet5: torchvision alexnet-owt-7be5be79.pth
+    inception_weights: str | None = None  # inception: torchvision inception_v3_google-0cc3c7bd.pth
+    effnet_weights: str | None = None  # effnet: torchvision efficientnet_b1-c27df63c.pth
+    swav_weights: str | None = None  # swav: facebookresearch/swav swav_800ep_pretrain.pth.tar
+    clip_weights: str | None = None  # clip: an OpenCLIP ViT-L-14 checkpoint of OpenAI's weights (needs open_clip)
+    random_networks: bool = False  # tests only: random weights, flagged in metrics.json (numbers not comparable)
+
+    def check(self) -> None:
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ConfigError(f"eval.reconstruction.metrics lists a metric twice: {self.metrics}")
+
+
 @dataclass
 class EvalConfig:
     """The evaluator: which trials, how many generations, and the metrics' parameters."""
@@ -330,6 +351,10 @@ class EvalConfig:
     top_k: int = 1
     grid_trials: int = 8  # trials shown in grid.png
     seed: int = 0
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+
+    def check(self) -> None:
+        self.reconstruction.check()
 
 
 @dataclass
@@ -415,6 +440,7 @@ class Config:
         self.synth.check()
         self.train.check()
         self.model.diffusion.check()
+        self.eval.check()
         self.tune.check(self.eval.inception_metrics)
         self.protocol.check()
         return self

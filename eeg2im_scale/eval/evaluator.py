@@ -30,7 +30,7 @@ from ..data.loader import EEGImageLoader
 from ..models.autoencoder import from_unit_range
 from ..models.pipeline import EEG2IMPipeline, model_card
 from ..models.sampling import sample
-from . import fidelity
+from . import fidelity, reconstruction
 from .gen_metrics import FeatureStats, fid_from_stats, inception_score, kid
 from .inception import extract, load_fid_inception, random_fid_inception
 from .metric_info import METRICS, display_name
@@ -51,6 +51,31 @@ def _inception(eval_cfg: EvalConfig, device: torch.device):
     return load_fid_inception(eval_cfg.inception_weights, device)
 
 
+def _reconstruction_networks(eval_cfg: EvalConfig, device: torch.device):
+    """The networks of the requested reconstruction metrics, and those that cannot be computed here (with why)."""
+    cfg = eval_cfg.reconstruction
+    if cfg.random_networks:
+        log.warning("eval.reconstruction.random_networks: the reconstruction table uses RANDOMLY INITIALISED networks "
+                    "(tests only); the numbers are not comparable to published ones")
+    networks, unavailable = reconstruction.load_networks(cfg.metrics, cfg, device, seed=eval_cfg.seed)
+    for metric, reason in unavailable.items():
+        log.warning("reconstruction metric %s not computed: %s", metric, reason)
+    return networks, unavailable
+
+
+def _distinct_reals(records: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+    """Every process's distinct stimuli's 2-way features, by image id, on every process: the real side of 2-way
+    identification is each distinct stimulus once, whichever process saw it."""
+    local: dict[str, dict[str, np.ndarray]] = {}
+    for record in records:
+        real = record["reconstruction"]["real"]
+        local.setdefault(record["image_id"], {m: real[m] for m in reconstruction.TWO_WAY if m in real})
+    merged: dict[str, dict[str, np.ndarray]] = {}
+    for image_id, features in gather_object(sorted(local.items(), key=lambda item: item[0])):
+        merged.setdefault(image_id, features)
+    return merged
+
+
 def _generators(keys: list[str], per_trial: int, seed: int, device: torch.device) -> list[torch.Generator]:
     """One generator per generated image, seeded by (seed, trial, image): process-count independent."""
     return [torch.Generator(device).manual_seed(seed * 1_000_003 + int(key) * 1009 + j)
@@ -69,6 +94,7 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
     pipeline = EEG2IMPipeline(model_dir, device=device)
     eval_cfg = cfg.eval
     inception = _inception(eval_cfg, device)
+    networks, unavailable = _reconstruction_networks(eval_cfg, device)
     settings, selection = sampler_settings(eval_cfg, pipeline.cfg.model.diffusion, read_selection(model_dir))
     data_cfg = replace(release_data(cfg.data, pipeline.corpus, pipeline.dir / "corpus.json", given),
                        batch_size=eval_cfg.batch_size, image_size=pipeline.corpus["image_size"])
@@ -85,15 +111,18 @@ def evaluate(cfg: Config, model_dir: str | Path, out_dir: str | Path | None = No
                 continue
             batch = {k: (v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in keep]) for k, v in batch.items()}
             generated = _generate(pipeline, batch["eeg"].to(device), batch["key"], eval_cfg, settings)
-            records += _trial_records(pipeline, inception, batch, generated, eval_cfg.images_per_trial)
+            records += _trial_records(pipeline, inception, batch, generated, eval_cfg.images_per_trial,
+                                      networks, eval_cfg.reconstruction.metrics)
             grid.update(_grid_rows(batch, generated, eval_cfg.images_per_trial, grid_keys))
+        reconstruction.two_way_rows(records, _distinct_reals(records))
         records = gather_object(records)
         reference = None
         if inception is not None and eval_cfg.reference == "class_images":
             classes = {r["label"] for r in records}
             reference = _class_reference(inception, data_cfg, classes, state)
     grid_items = gather_object(list(grid.items()))
-    metrics = _summarise(eval_cfg, data_cfg.split_by, pipeline, records, reference, settings)
+    metrics = _summarise(eval_cfg, data_cfg.split_by, pipeline, records, reference, settings,
+                         {m: net.weights for net in networks.values() for m in net.spec.nodes.values()}, unavailable)
     partial = len(selected) < split_trials
     metrics["protocol"].update(model_selection=selection, split_trials=split_trials, partial=partial)
     if write and state.is_main_process:
@@ -123,6 +152,8 @@ def card_unchanged_because(eval_cfg: EvalConfig, partial: bool, out: Path, relea
         return "a partial evaluation (eval.max_trials)"
     if eval_cfg.inception_metrics and eval_cfg.random_inception:
         return "a random-weight Inception (eval.random_inception, tests only)"
+    if eval_cfg.reconstruction.random_networks and set(eval_cfg.reconstruction.metrics) - {"pixcorr", "ssim"}:
+        return "random-weight reconstruction networks (eval.reconstruction.random_networks, tests only)"
     if eval_cfg.split != "test":
         return f"an evaluation of the {eval_cfg.split} split"
     if out.resolve() != release_eval.resolve():
@@ -211,7 +242,8 @@ def _pair_fidelity(colour: dict, generated: torch.Tensor, real: torch.Tensor, n:
     return pair
 
 
-def _trial_records(pipeline, inception, batch: dict, generated: torch.Tensor, n: int) -> list[dict]:
+def _trial_records(pipeline, inception, batch: dict, generated: torch.Tensor, n: int, networks: dict,
+                   recon_metrics: list[str]) -> list[dict]:
     """One record per trial, carrying its own rows of every per-image array, so that sorting the
     gathered records keeps each trial's features, logits and fidelity values together."""
     real = batch["image"].to(generated.device)
@@ -224,6 +256,7 @@ def _trial_records(pipeline, inception, batch: dict, generated: torch.Tensor, n:
     colour = _colour_descriptors(pipeline, batch, generated, real)
     pair = _pair_fidelity(colour, generated, real, n)
     top5 = eeg_logits.topk(min(5, eeg_logits.shape[1]), dim=1).indices.cpu()
+    recon = reconstruction.trial_entries(networks, recon_metrics, real, generated, n)
     records = []
     for i, key in enumerate(batch["key"]):
         label = int(batch["label"][i])
@@ -238,6 +271,7 @@ def _trial_records(pipeline, inception, batch: dict, generated: torch.Tensor, n:
                        "fake_hue": colour["fake_hue"][rows].cpu().numpy(), "real_hue": colour["real_hue"][i].cpu().numpy(),
                        **({"recovered": colour["recovered"][rows].cpu().numpy(),
                            "recorded": colour["recorded"][i].cpu().numpy()} if "recovered" in colour else {})},
+            "reconstruction": recon[i],
         })
         if inception is not None:
             records[-1].update(fake_features=fake_feat[rows], fake_logits=fake_logit[rows], real_features=real_feat[i])
@@ -262,7 +296,8 @@ def reference_features(records: list[dict], reference: dict[str, np.ndarray] | N
 
 
 def _summarise(eval_cfg: EvalConfig, split_by: str, pipeline, records: list[dict],
-               reference: dict[str, np.ndarray] | None, settings: SamplerSettings) -> dict:
+               reference: dict[str, np.ndarray] | None, settings: SamplerSettings,
+               recon_weights: dict[str, str], recon_unavailable: dict[str, str]) -> dict:
     """Every metric from the gathered records, sorted by trial key first: nothing depends on which
     process evaluated which trial, or in which order the processes' rows were gathered."""
     records = sorted(records, key=lambda r: r["key"])
@@ -298,11 +333,17 @@ def _summarise(eval_cfg: EvalConfig, split_by: str, pipeline, records: list[dict
         if records and name in records[0]:
             values[name] = float(np.mean([v for r in records for v in r[name]]))
     chance = chance_levels(records, n_way, eval_cfg.top_k)
+    recon_values, recon_chance = reconstruction.summarise(records)
+    values.update({f"recon_{m}": v for m, v in recon_values.items()})
+    chance.update({f"recon_{m}": v for m, v in recon_chance.items()})
+    table = {key: {"value": value, "name": display_name(key, n_way, eval_cfg.top_k),
+                   "definition": METRICS[key].definition, "better": METRICS[key].better,
+                   "chance": chance.get(key), "chance_rule": METRICS[key].chance}
+             for key, value in values.items()}
+    for metric in recon_values:
+        table[f"recon_{metric}"]["weights"] = recon_weights.get(metric, "none (no network)")
     return {
-        "metrics": {key: {"value": value, "name": display_name(key, n_way, eval_cfg.top_k),
-                          "definition": METRICS[key].definition, "better": METRICS[key].better,
-                          "chance": chance.get(key), "chance_rule": METRICS[key].chance}
-                    for key, value in values.items()},
+        "metrics": table,
         "protocol": {
             "split": eval_cfg.split, "split_by": split_by, "trials": len(records),
             "images_per_trial": eval_cfg.images_per_trial, "generated_images": len(labels),
@@ -313,6 +354,10 @@ def _summarise(eval_cfg: EvalConfig, split_by: str, pipeline, records: list[dict
             "image_preprocessing": IMAGE_PREPROCESSING,
             "inception_input": "uint8 → 299×299 TF-compatible bilinear",
             "n_way": n_way, "top_k": eval_cfg.top_k,
+            "reconstruction": {"follows": reconstruction.FOLLOWS, "not_computed": {
+                **{f"recon_{m}": reason for m, reason in recon_unavailable.items()},
+                **{f"recon_{m}": "fewer than 2 distinct stimuli" for m in eval_cfg.reconstruction.metrics
+                   if m in reconstruction.TWO_WAY and m not in recon_unavailable and m not in recon_values}}},
             "eval_config": asdict(eval_cfg),
         },
     }

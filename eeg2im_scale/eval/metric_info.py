@@ -88,6 +88,33 @@ METRICS: dict[str, MetricInfo] = {
         "generated and the real reference images (each distinct image once), mean ± std over `kid_subsets` random "
         "subsets of `kid_subset_size`",
         "reference: 0 in expectation for a generated set distributed as the reference set (unbiased)"),
+    "recon_pixcorr": MetricInfo(
+        "PixCorr (MindEye)", "higher",
+        "MindEye's PixCorr: mean Pearson correlation of all RGB values of each generated image and its stimulus, "
+        "both resized to 256×256 and then to 425×425 (bilinear)", "reference: none computed; 1 = identical"),
+    "recon_ssim": MetricInfo(
+        "SSIM (MindEye)", "higher",
+        "MindEye's SSIM: skimage's Gaussian SSIM (σ 1.5, population covariance, data range 1) of the rgb2gray images "
+        "at 425×425 (via 256×256), mean over the interior, averaged over generated images",
+        "reference: none computed; 1 = identical"),
+    **{f"recon_{key}": MetricInfo(
+        f"{net} 2-way identification", "higher",
+        f"MindEye's 2-way identification with {net} features ({features}): for each generated image, the share of "
+        "the other distinct stimuli whose features correlate (Pearson) less with its features than its own "
+        "stimulus' do; several trials of one stimulus are never each other's distractors",
+        "chance: 0.5")
+       for key, net, features in (("alexnet2", "AlexNet(2)", "features.4, at 256×256"),
+                                  ("alexnet5", "AlexNet(5)", "features.11, at 256×256"),
+                                  ("inception", "InceptionV3", "avgpool, at 342×342"),
+                                  ("clip", "CLIP ViT-L/14", "final image embedding, at 224×224"))},
+    **{f"recon_{key}": MetricInfo(
+        f"{net} distance", "lower",
+        f"MindEye's {net} distance: mean correlation distance (1 − Pearson r, scipy) between the {features} "
+        "features of each generated image and its stimulus",
+        "chance: the same distance between each generated image and another trial's stimulus (the next trial in "
+        "key order whose image differs)")
+       for key, net, features in (("effnet", "EffNet-B", "EfficientNet-B1 avgpool (255×255)"),
+                                  ("swav", "SwAV", "SwAV ResNet-50 avgpool (224×224)"))},
 }
 
 
