@@ -2,8 +2,7 @@
 with AlexNet(2), AlexNet(5), InceptionV3 and CLIP ViT-L/14 features, EffNet-B and SwAV distances.
 
 Computed as MindEye2's published evaluation does (github.com/MedARC-AI/MindEyeV2, commit c1847188,
-``src/final_evaluations.ipynb``; MindEye1's ``src/Reconstruction_Metrics.ipynb`` is the same), so that the
-numbers are comparable with those tables:
+``src/final_evaluations.ipynb``), so that the numbers are comparable with those tables:
 
 - every image, float in [0, 1], is first resized to 256×256 (the notebook's ``imsize``), then by each metric's
   own ``transforms.Resize(size)``, bilinear and without antialiasing (torchvision 0.16's tensor default, the
