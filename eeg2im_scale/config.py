@@ -162,9 +162,12 @@ class DataConfig:
 class TeacherConfig:
     """The image teacher (ResNet50 in the paper) whose logits and pooled features are distilled into the EEG."""
 
-    arch: str = "resnet50"  # any torchvision classifier (models/teacher.py); the paper's is ResNet50, resnet18 fits CPUs
-    pretrained: bool = False  # ImageNet weights: from `weights` or the torch hub cache, never downloaded
-    weights: str | None = None  # path to a torchvision state dict of `arch` (.pth/.safetensors)
+    # any torchvision classifier, or open_clip:<model> (OpenCLIP's image tower; models/teacher.py); the paper's is
+    # ResNet50, resnet18 fits CPUs
+    arch: str = "resnet50"
+    pretrained: bool = False  # pretrained weights: from `weights` or the torch hub cache, never downloaded
+    weights: str | None = None  # a torchvision state dict of `arch` (.pth/.safetensors), or an OpenCLIP checkpoint
+    freeze_trunk: bool = False  # train the head only: the features stay the pretrained network's (as CLIP retrieval)
     input_size: int = 224  # images are resized to this before the teacher
     augment: bool = True  # random flips and shifts while fine-tuning (it memorises a few hundred images otherwise)
     # which flips: a photo keeps its label under a horizontal flip only; both suits shapes that survive a vertical one
@@ -319,7 +322,8 @@ class ReconstructionConfig:
     inception_weights: str | None = None  # inception: torchvision inception_v3_google-0cc3c7bd.pth
     effnet_weights: str | None = None  # effnet: torchvision efficientnet_b1-c27df63c.pth
     swav_weights: str | None = None  # swav: facebookresearch/swav swav_800ep_pretrain.pth.tar
-    clip_weights: str | None = None  # clip: an OpenCLIP ViT-L-14 checkpoint of OpenAI's weights (needs open_clip)
+    clip_weights: str | None = None  # clip: an OpenCLIP checkpoint of clip_model, OpenAI's weights (needs open_clip)
+    clip_model: str = "ViT-L-14"  # the OpenCLIP architecture; MindEye's is ViT-L-14 (another is not comparable)
     random_networks: bool = False  # tests only: random weights, flagged in metrics.json (numbers not comparable)
 
     def check(self) -> None:

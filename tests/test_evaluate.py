@@ -131,27 +131,30 @@ def test_one_two_and_three_processes_give_identical_metrics(release, tmp_path):
             name: entry["value"] for name, entry in runs[1]["metrics"].items()}, processes
 
 
-def test_evaluation_writes_the_reconstruction_table_flagged_when_its_networks_are_random(release, tmp_path):
+def test_evaluation_writes_the_reconstruction_table_flagged_when_its_networks_are_random(release, tmp_path,
+                                                                                         tiny_clip):
     """MindEye's table in metrics.json: 2-way identification against the distinct stimuli (chance 0.5),
-    distances with a mismatched-stimulus chance, each entry saying where its weights came from; CLIP, without
-    open_clip, listed as not computed with the reason."""
+    distances with a mismatched-stimulus chance, each entry saying where its weights came from (CLIP: a tiny
+    OpenCLIP architecture here, named in its entry)."""
     from eeg2im_scale.eval.reconstruction import RANDOM_WEIGHTS
 
     out = tmp_path / "eval"
     assert cli_main(["evaluate", "--config", CONFIG, "--checkpoint", str(release / "run" / "model"),
                      "--out", str(out), *overrides(release), "eval.inception_metrics=false", "eval.max_trials=8",
                      "eval.reconstruction.metrics=[pixcorr,ssim,alexnet2,alexnet5,effnet,clip]",
-                     "eval.reconstruction.random_networks=true"]) == 0
+                     f"eval.reconstruction.clip_model={tiny_clip}", "eval.reconstruction.random_networks=true"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     table = {k: v for k, v in metrics["metrics"].items() if k.startswith("recon_")}
-    assert set(table) == {"recon_pixcorr", "recon_ssim", "recon_alexnet2", "recon_alexnet5", "recon_effnet"}
+    assert set(table) == {"recon_pixcorr", "recon_ssim", "recon_alexnet2", "recon_alexnet5", "recon_effnet", "recon_clip"}
     assert all(table[k]["weights"] == RANDOM_WEIGHTS for k in ("recon_alexnet2", "recon_alexnet5", "recon_effnet"))
+    assert table["recon_clip"]["weights"] == f"{RANDOM_WEIGHTS} (OpenCLIP {tiny_clip})"
+    assert table["recon_clip"]["chance"] == 0.5 and 0 <= table["recon_clip"]["value"] <= 1
     assert table["recon_ssim"]["weights"].startswith("none")
     assert table["recon_alexnet2"]["chance"] == 0.5 and 0 <= table["recon_alexnet2"]["value"] <= 1
     assert table["recon_effnet"]["better"] == "lower" and isinstance(table["recon_effnet"]["chance"], float)
     assert -1 <= table["recon_pixcorr"]["value"] <= 1 and table["recon_ssim"]["definition"].startswith("MindEye")
     reconstruction = metrics["protocol"]["reconstruction"]
-    assert "open_clip" in reconstruction["not_computed"]["recon_clip"] and "MindEyeV2" in reconstruction["follows"]
+    assert reconstruction["not_computed"] == {} and "MindEyeV2" in reconstruction["follows"]
 
 
 def test_evaluation_without_inception_metrics_needs_no_inception(release, tmp_path):

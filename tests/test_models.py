@@ -467,8 +467,42 @@ def test_any_torchvision_classifier_is_a_teacher_loaded_from_its_own_cache_file(
     torch.testing.assert_close(teacher.trunk.state_dict()["classifier.0.weight"], imagenet["classifier.0.weight"])
     assert not torch.equal(teacher.head.weight[:3], imagenet["classifier.3.weight"][:3])  # a new head for 3 classes
     with pytest.raises(ValueError, match=r"model.teacher.arch 'resnet51' is not a torchvision classification "
-                                         r"model; torchvision .* has: .*convnext_tiny.*resnet50"):
+                                         r"model \(nor open_clip:<model>\); torchvision .* has: .*convnext_tiny.*resnet50"):
         build_teacher(TeacherConfig(arch="resnet51"), 3)
+
+
+def test_an_open_clip_image_tower_is_a_teacher_frozen_or_fine_tuned(tiny_clip, tmp_path):
+    """open_clip:<model>: OpenCLIP's image tower (its output, the projected embedding, is the feature),
+    CLIP's normalisation and input size, a checkpoint loaded by OpenCLIP's own loader, and a frozen trunk
+    that neither learns nor leaves eval mode."""
+    import open_clip
+
+    from eeg2im_scale.models.teacher import WeightsNotFoundError, feature_dim, image_encoder
+
+    arch = f"open_clip:{tiny_clip}"
+    cfg = TeacherConfig(arch=arch, input_size=224, pretrained=True, freeze_trunk=True)
+    with pytest.raises(WeightsNotFoundError, match=f"{arch} needs model.teacher.weights=/path/to/an OpenCLIP"):
+        build_teacher(cfg, 3)
+    torch.manual_seed(1)
+    clip = open_clip.create_model(tiny_clip)
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    cfg.weights = str(tmp_path / "clip.pt")
+    teacher = build_teacher(cfg, 3)
+    assert feature_dim(arch) == 24 and teacher.head.in_features == 24
+    torch.testing.assert_close(teacher.trunk.state_dict(), clip.visual.state_dict())
+    images = uint8_images(batch=2)
+    logits, features = teacher(images)
+    with torch.no_grad():
+        expected = clip.encode_image(teacher.preprocess(images))
+    torch.testing.assert_close(features, expected)  # CLIP's own image embedding, CLIP's normalisation
+    logits.sum().backward()
+    assert all(p.grad is None for p in teacher.trunk.parameters()) and teacher.head.weight.grad is not None
+    assert not teacher.train().trunk.training and teacher.head.training
+    assert image_encoder(cfg) == f"{arch} (pretrained, frozen, head trained on the training images)"
+    with pytest.raises(ValueError, match=f"model.teacher.input_size=32, but {arch} takes 224 px images only"):
+        build_teacher(TeacherConfig(arch=arch, input_size=32), 3)
+    with pytest.raises(ValueError, match="OpenCLIP .* has no model 'ViT-Q-99'"):
+        build_teacher(TeacherConfig(arch="open_clip:ViT-Q-99", input_size=224), 3)
 
 
 def test_any_braindecode_model_is_a_backbone_with_its_kwargs_and_unknown_names_list_the_choices():

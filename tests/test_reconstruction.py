@@ -2,6 +2,7 @@
 distinct-stimulus and order rules, and offline weights (the evaluator run: tests/test_evaluate.py)."""
 
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -130,6 +131,12 @@ def test_missing_weights_name_the_network_key_and_paths(tmp_path, monkeypatch):
         R.load_networks(["alexnet5"], ReconstructionConfig(alexnet_weights=str(missing)))
     assert str(missing) in str(caught.value)
     assert R.load_networks(["pixcorr", "ssim"], ReconstructionConfig()) == ({}, {})  # the default needs no file
+    with pytest.raises(R.ReconstructionWeightsNotFound, match="eval.reconstruction.clip_weights=/path/to/an "
+                                                            "OpenCLIP ViT-L-14 checkpoint"):
+        R.load_networks(["clip"], ReconstructionConfig(metrics=["clip"]))
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # as where OpenCLIP is not installed: listed, never faked
+    assert R.load_networks(["clip"], ReconstructionConfig(metrics=["clip"])) == (
+        {}, {"clip": "open_clip is not installed (pip install 'eeg2im_scale[clip]')"})
 
 
 def test_config_rejects_unknown_and_repeated_metrics():

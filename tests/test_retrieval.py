@@ -96,10 +96,12 @@ def test_queries_average_each_subjects_repetitions_of_an_image(things):
     assert len(trial_images) == 2 * 10 * TEST_REPS and torch.equal(trial_eeg, query_eeg(batches, False)[1])
 
 
-def test_retrieval_protocol_intra_and_inter_subject(things, tmp_path, capsys):
+def test_retrieval_protocol_intra_and_inter_subject(things, tmp_path, capsys, tiny_clip):
+    """Against a frozen CLIP image tower (a tiny OpenCLIP architecture), as the published THINGS-EEG2 rows retrieve."""
     run_dir = tmp_path / "run"
     common = ["--config", CONFIG, f"data.root={things}", "data.synthesize=false", f"run_dir={run_dir}",
-              "model.teacher.arch=resnet18", "protocol.subjects=[1]", "train.teacher.steps=2", "train.highlevel.steps=2"]
+              f"model.teacher.arch=open_clip:{tiny_clip}", "model.teacher.input_size=224", "model.teacher.freeze_trunk=true",
+              "protocol.subjects=[1]", "train.teacher.steps=2", "train.highlevel.steps=2"]
     assert cli_main(["protocol", "retrieval", *common, "data.split_by=block", "--dry-run"]) == 2
     assert "zero-shot retrieval needs test concepts never trained on: data.split_by=block" in capsys.readouterr().err
     assert cli_main(["protocol", "retrieval", *common, "data.split_by=release"]) == 0
@@ -111,7 +113,8 @@ def test_retrieval_protocol_intra_and_inter_subject(things, tmp_path, capsys):
             row = rows[(f"{mode}-subject, subject 1", f"retrieval_top{k}")]
             assert (row["trials"], row["candidates"], row["chance"]) == (10, 10, k / 10)
             assert row["mode"] == mode and row["subject"] == 1 and row["split_by"] == f"{mode}:1:release"
-            assert row["image_encoder"] == "fine-tuned teacher resnet18 (pooled features)"
+            assert row["image_encoder"] == f"open_clip:{tiny_clip} (randomly initialised, frozen, head trained on " \
+                                           f"the training images)"
             summary = rows[(f"{mode}-subject mean ± std over subjects", f"retrieval_top{k}")]
             assert summary["value"] == row["value"] and summary["spread"] == 0
         fold = run_dir / "protocols" / "retrieval" / f"{mode}-subject-1"

@@ -193,7 +193,7 @@ def _weights_file(name: str, cfg: ReconstructionConfig) -> Path:
         paths = []
     found = next((p for p in paths if p.is_file()), None)
     if found is None:
-        expected = SPECS[name].file or "an OpenCLIP ViT-L-14 checkpoint (OpenAI weights)"
+        expected = SPECS[name].file or f"an OpenCLIP {cfg.clip_model} checkpoint (OpenAI weights)"
         raise ReconstructionWeightsNotFound(
             f"reconstruction network {name!r}: weights not found (looked at: {', '.join(map(str, paths)) or 'nothing'}); "
             f"nothing is downloaded. Set {key}=/path/to/{expected}"
@@ -211,8 +211,8 @@ def _load(name: str, cfg: ReconstructionConfig, seed: int) -> nn.Module:
         if cfg.random_networks:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return _ClipImage(open_clip.create_model("ViT-L-14"))
-        return _ClipImage(open_clip.create_model("ViT-L-14", pretrained=str(_weights_file(name, cfg))))
+                return _ClipImage(open_clip.create_model(cfg.clip_model))
+        return _ClipImage(open_clip.create_model(cfg.clip_model, pretrained=str(_weights_file(name, cfg))))
     if cfg.random_networks:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -250,6 +250,8 @@ def load_networks(metrics: list[str], cfg: ReconstructionConfig, device: torch.d
             unavailable.update({m: reason for m in SPECS[name].nodes.values() if m in metrics})
             continue
         weights = RANDOM_WEIGHTS if cfg.random_networks else str(_weights_file(name, cfg))
+        if name == "clip":
+            weights += f" (OpenCLIP {cfg.clip_model})"
         networks[name] = FeatureNetwork(name, _load(name, cfg, seed).to(device), weights)
     return networks, unavailable
 

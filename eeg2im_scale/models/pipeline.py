@@ -22,7 +22,7 @@ from ..data.preprocess import EEGPreprocess, bandpass_sos
 from .autoencoder import from_unit_range
 from .build import Geometry, build_highlevel, build_lowlevel, build_unet, condition
 from .sampling import sample
-from .teacher import Teacher
+from .teacher import Teacher, image_encoder
 
 WEIGHTS = {"highlevel": "highlevel.safetensors", "lowlevel": "lowlevel.safetensors", "unet": "unet.safetensors",
            "teacher": "teacher.safetensors"}
@@ -42,7 +42,7 @@ def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
     """The release's README: data, splits, models, and the evaluation once there is one."""
     model_cfg = cfg.model
     counts = corpus["split_counts"]
-    teacher = f"{model_cfg.teacher.arch} ({'ImageNet-pretrained, ' if model_cfg.teacher.pretrained else ''}fine-tuned on the training images)"
+    teacher = image_encoder(model_cfg.teacher)
     encoders = {"multilevel": "the high-level and the low-level EEG encoder condition",
                 "highlevel": "the high-level EEG encoder alone conditions",
                 "lowlevel": "the low-level EEG encoder alone conditions"}[model_cfg.diffusion.condition_on]
@@ -61,7 +61,7 @@ def model_card(cfg: Config, corpus: dict, metrics: dict | None = None) -> str:
         f"- EEG window: {corpus['eeg_window']}, band-pass: {corpus['bandpass']}, {scaling}",
         "",
         "## Models",
-        f"- teacher: torchvision `{teacher}`, input {model_cfg.teacher.input_size} px",
+        f"- teacher: {teacher}, input {model_cfg.teacher.input_size} px",
         f"- high-level encoder: braindecode `{model_cfg.highlevel.backbone}`{_started_from(model_cfg.highlevel)}, "
         f"embedding {model_cfg.highlevel.embed_dim}",
         f"- low-level encoder: braindecode `{model_cfg.lowlevel.backbone}`{_started_from(model_cfg.lowlevel)}, "

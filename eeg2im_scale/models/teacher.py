@@ -1,8 +1,8 @@
-"""The image teacher (ResNet50 in the paper; any torchvision ImageNet classifier) whose logits
-(response KD) and pooled features (feature KD, and the image side of zero-shot retrieval) the
-high-level EEG encoder learns from.
+"""The image teacher (ResNet50 in the paper; any torchvision ImageNet classifier, or an OpenCLIP
+image tower) whose logits (response KD) and pooled features (feature KD, and the image side of
+zero-shot retrieval) the high-level EEG encoder learns from.
 
-ImageNet weights are only ever read from disk — ``model.teacher.weights`` or torchvision's own
+Pretrained weights are only ever read from disk — ``model.teacher.weights`` or torchvision's own
 file in the torch hub cache — so a training job on an offline cluster fails at start-up with
 instructions rather than hanging on a download.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,21 +28,33 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+OPEN_CLIP = "open_clip:"  # model.teacher.arch = open_clip:<OpenCLIP model name>, e.g. open_clip:ViT-L-14
+
+
+@dataclass
+class Trunk:
+    """An image network up to its pooled feature, and what its input must look like."""
+
+    module: nn.Module
+    width: int  # the pooled feature's
+    classifier: str | None  # torchvision: the replaced classifier's name in its state dict
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int | None  # an input size the network requires (a ViT's positional embeddings); None: any
 
 
 def image_models() -> list[str]:
     """torchvision's ImageNet classifiers (its top-level ``models`` namespace: no detection,
-    segmentation or video models), the choices of ``model.teacher.arch``."""
+    segmentation or video models), the choices of ``model.teacher.arch`` besides ``open_clip:``."""
     return tv_models.list_models(module=tv_models)
 
 
-def _trunk(arch: str) -> tuple[nn.Module, int, str]:
+def _torchvision_trunk(arch: str) -> Trunk:
     """torchvision's ``arch`` with its classifier — the last linear layer, whose input is the pooled
-    feature in every torchvision classifier — replaced by the identity: (trunk, feature width,
-    the classifier's name in torchvision's state dict)."""
+    feature in every torchvision classifier — replaced by the identity."""
     if arch not in image_models():
-        raise ValueError(f"model.teacher.arch {arch!r} is not a torchvision classification model; torchvision "
-                         f"{torchvision.__version__} has: {', '.join(image_models())}")
+        raise ValueError(f"model.teacher.arch {arch!r} is not a torchvision classification model (nor "
+                         f"{OPEN_CLIP}<model>); torchvision {torchvision.__version__} has: {', '.join(image_models())}")
     model = tv_models.get_model(arch, weights=None)
     linear = [n for n, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linear:  # SqueezeNet classifies with a convolution: no pooled feature to distil
@@ -50,18 +63,53 @@ def _trunk(arch: str) -> tuple[nn.Module, int, str]:
     width = model.get_submodule(name).in_features
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent), leaf, nn.Identity())
-    return model, width, name
+    return Trunk(model, width, name, IMAGENET_MEAN, IMAGENET_STD, None)
+
+
+def _open_clip():
+    try:
+        import open_clip
+    except ImportError:
+        raise ValueError(f"model.teacher.arch={OPEN_CLIP}... needs OpenCLIP: pip install 'eeg2im_scale[clip]'") from None
+    return open_clip
+
+
+def _open_clip_trunk(name: str, weights: Path | None = None) -> Trunk:
+    """OpenCLIP's image tower (its output: the projected image embedding CLIP retrieval compares),
+    with the checkpoint ``weights`` loaded by OpenCLIP's own loader (any format it reads)."""
+    open_clip = _open_clip()
+    if name not in open_clip.list_models():
+        raise ValueError(f"model.teacher.arch={OPEN_CLIP}{name}: OpenCLIP {open_clip.__version__} has no model "
+                         f"{name!r}; it has: {', '.join(open_clip.list_models())}")
+    visual = open_clip.create_model(name, pretrained=None if weights is None else str(weights)).visual
+    preprocess = visual.preprocess_cfg
+    size = preprocess["size"]
+    return Trunk(visual, open_clip.get_model_config(name)["embed_dim"], None, tuple(preprocess["mean"]),
+                 tuple(preprocess["std"]), size if isinstance(size, int) else size[0])
+
+
+def _trunk(arch: str) -> Trunk:
+    return _open_clip_trunk(arch[len(OPEN_CLIP):]) if arch.startswith(OPEN_CLIP) else _torchvision_trunk(arch)
 
 
 @functools.lru_cache(maxsize=None)
 def feature_dim(arch: str) -> int:
-    """Width of the teacher's pooled feature, the target of feature-based KD. Built on the meta
-    device (no memory for the weights) where the architecture allows it."""
+    """Width of the teacher's pooled feature, the target of feature-based KD: OpenCLIP's from its
+    model config, torchvision's from the architecture built on the meta device (no memory for the
+    weights) where it allows that."""
+    if arch.startswith(OPEN_CLIP):
+        return _open_clip().get_model_config(arch[len(OPEN_CLIP):])["embed_dim"]
     try:
         with torch.device("meta"):
-            return _trunk(arch)[1]
+            return _torchvision_trunk(arch).width
     except (NotImplementedError, RuntimeError):
-        return _trunk(arch)[1]
+        return _torchvision_trunk(arch).width
+
+
+def image_encoder(cfg: TeacherConfig) -> str:
+    """What the teacher's features are, in words (recorded beside retrieval rows and in model cards)."""
+    start = "pretrained, " if cfg.pretrained else "randomly initialised, "
+    return f"{cfg.arch} ({start}{'frozen, head trained' if cfg.freeze_trunk else 'fine-tuned'} on the training images)"
 
 
 def weight_files(arch: str) -> list[str]:
@@ -79,13 +127,19 @@ def hub_checkpoint_dir() -> Path:
 
 
 def find_imagenet_weights(cfg: TeacherConfig) -> Path:
-    """The state-dict file to load: ``cfg.weights`` if set, else torchvision's file in the hub cache."""
+    """The weights file to load: ``cfg.weights`` if set, else torchvision's file in the hub cache
+    (an OpenCLIP model has no such file: it needs ``cfg.weights``)."""
     if cfg.weights is not None:
         path = Path(cfg.weights).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(f"model.teacher.weights points to {path}, which does not exist. Set it to a "
-                                       f"torchvision {cfg.arch} state dict (.pth or .safetensors).")
+                                       f"{'checkpoint OpenCLIP reads' if cfg.arch.startswith(OPEN_CLIP) else 'torchvision'}"
+                                       f" {cfg.arch} state dict (.pth or .safetensors).")
         return path
+    if cfg.arch.startswith(OPEN_CLIP):
+        raise WeightsNotFoundError(f"model.teacher.pretrained=true with {cfg.arch} needs model.teacher.weights=/path/to/"
+                                   f"an OpenCLIP checkpoint of that model (e.g. open_clip_pytorch_model.bin from its Hub "
+                                   f"repository); nothing is downloaded. Or set model.teacher.pretrained=false.")
     names = weight_files(cfg.arch)
     cached = [hub_checkpoint_dir() / name for name in names if (hub_checkpoint_dir() / name).is_file()]
     if not cached:
@@ -106,20 +160,32 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 class Teacher(nn.Module):
-    """A torchvision classifier's trunk (``cfg.arch``) + a ``num_classes`` linear head.
+    """An image network's trunk (``cfg.arch``) + a ``num_classes`` linear head.
 
     ``forward`` takes the loader's uint8 images (or float images in [-1, 1], e.g. generated ones),
-    so ImageNet normalisation and resizing live with the model that needs them.
+    so the network's normalisation and resizing live with the model that needs them. With
+    ``cfg.freeze_trunk`` only the head trains and the trunk stays in eval mode (its BatchNorm
+    statistics too): the features stay the pretrained network's own.
     """
 
-    def __init__(self, cfg: TeacherConfig, num_classes: int):
+    def __init__(self, cfg: TeacherConfig, num_classes: int, trunk: Trunk | None = None):
         super().__init__()
-        self.input_size = cfg.input_size
-        self.arch = cfg.arch
-        self.trunk, width, self.classifier = _trunk(cfg.arch)  # the trunk ends at the pooled feature
-        self.head = nn.Linear(width, num_classes)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        trunk = trunk or _trunk(cfg.arch)
+        if trunk.image_size is not None and cfg.input_size != trunk.image_size:
+            raise ValueError(f"model.teacher.input_size={cfg.input_size}, but {cfg.arch} takes {trunk.image_size} px "
+                             f"images only: set model.teacher.input_size={trunk.image_size}")
+        self.input_size, self.arch, self.frozen = cfg.input_size, cfg.arch, cfg.freeze_trunk
+        self.trunk, self.classifier = trunk.module, trunk.classifier  # the trunk ends at the pooled feature
+        self.trunk.requires_grad_(not self.frozen)
+        self.head = nn.Linear(trunk.width, num_classes)
+        self.register_buffer("mean", torch.tensor(trunk.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(trunk.std).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> Teacher:
+        super().train(mode)
+        if self.frozen:
+            self.trunk.eval()
+        return self
 
     def load_imagenet(self, state: dict[str, torch.Tensor], source: Path) -> None:
         """Load a torchvision state dict of ``arch``; its classifier is kept only if it already has our class count."""
@@ -135,7 +201,7 @@ class Teacher(nn.Module):
         log.info("teacher: %s weights from %s (%s head)", self.arch, source, "loaded" if keep_head else "new")
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or [-1, 1] float → ImageNet-normalised float at ``input_size``."""
+        """uint8 or [-1, 1] float → normalised float at ``input_size``."""
         if images.dtype == torch.uint8:
             images = to_unit_range(images)
         images = (images + 1) / 2
@@ -178,7 +244,11 @@ def flip_and_shift(images: torch.Tensor, flips: str = "horizontal", max_shift: f
 
 
 def build_teacher(cfg: TeacherConfig, num_classes: int) -> Teacher:
-    """A :class:`Teacher`, with ImageNet weights from disk when ``cfg.pretrained`` (see :func:`find_imagenet_weights`)."""
+    """A :class:`Teacher`, with pretrained weights from disk when ``cfg.pretrained`` (see :func:`find_imagenet_weights`)."""
+    if cfg.pretrained and cfg.arch.startswith(OPEN_CLIP):
+        path = find_imagenet_weights(cfg)
+        log.info("teacher: %s weights from %s", cfg.arch, path)
+        return Teacher(cfg, num_classes, _open_clip_trunk(cfg.arch[len(OPEN_CLIP):], path))
     teacher = Teacher(cfg, num_classes)
     if cfg.pretrained:
         path = find_imagenet_weights(cfg)

@@ -14,6 +14,7 @@ from ..data.manifest import MANIFEST, Manifest
 from ..data.remote import is_url
 from ..data.splits import SCHEMES, heldout_scheme, loso_scheme, subject_scheme
 from ..data.synth_images import class_name
+from ..models.teacher import image_encoder
 from . import PROTOCOLS
 
 CLASSIFIER_STAGES = ("teacher", "highlevel")  # what the EEG classifier needs: no autoencoder, no UNet
@@ -164,8 +165,9 @@ def _retrieval(cfg: Config, layout: Layout, variant) -> Plan:
          "training trials' statistics). Inter-subject: one run per subject, trained on the other subjects' "
          "training trials only and tested on that subject's test trials. The two modes are summarised apart and "
          "must not be compared with each other (published THINGS-EEG2 tables report them separately)."),
-        "The image side is the run's own fine-tuned image teacher (model.teacher.arch), not CLIP: compare with "
-        "published rows that use the same image encoder, or read the numbers as this framework's own."])
+        (f"Image encoder: the run's teacher, {image_encoder(cfg.model.teacher)}; published THINGS-EEG2 rows mostly "
+         f"retrieve against frozen CLIP features (model.teacher.arch=open_clip:<model>, model.teacher.freeze_trunk=true): "
+         f"compare with rows that use the same image encoder.")])
 
 
 def _controls(cfg: Config, layout: Layout, variant) -> Plan:

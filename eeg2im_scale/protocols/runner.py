@@ -22,6 +22,7 @@ from ..data.corpus import ensure_corpus
 from ..data.manifest import MANIFEST, Manifest
 from ..data.remote import is_url
 from ..models.build import Geometry, build_highlevel
+from ..models.teacher import image_encoder
 from .evaluate import (check_concepts_disjoint, check_images_disjoint, classifier_scores, trained_retrieval_scores,
                        zero_shot_scores)
 from .plans import Plan, ProtocolError, Variant, layout_of, make_plan
@@ -176,7 +177,7 @@ def _retrieval_rows(variant: Variant, cfg, where: dict) -> list[dict]:
     scores = trained_retrieval_scores(cfg)
     extra = {"mode": variant.mode, "subject": parse_scheme(cfg.data.split_by).subject, "candidates": scores.candidates,
              "averaged_repetitions": cfg.protocol.average_repetitions,
-             "image_encoder": f"fine-tuned teacher {cfg.model.teacher.arch} (pooled features)"}
+             "image_encoder": image_encoder(cfg.model.teacher)}
     return [{**accuracy_row(variant.protocol, variant.name, f"retrieval_top{k}", hits, scores.queries,
                             k / scores.candidates, cfg.protocol.alpha, **where), **extra}
             for k, hits in scores.hits.items()]
