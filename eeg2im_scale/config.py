@@ -175,12 +175,28 @@ class TeacherConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """PEFT LoRA adapters on an encoder backbone (``finetune: lora``; models/finetune.py)."""
+
+    r: int = 8
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.0
+    # module names (peft matches by suffix); null: every nn.Linear of the backbone but its output layer's
+    target_modules: list[str] | None = None
+
+
+@dataclass
 class HighLevelConfig:
     """High-level (semantic) EEG encoder: braindecode backbone -> embedding -> class head."""
 
     backbone: str = "ShallowFBCSPNet"  # any braindecode model class (models/eeg_encoders.py)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to its constructor
     backbone_weights: str | None = None  # a save_pretrained directory or a Hugging Face id in the local cache
+    # corpus channel -> the name a foundation model knows it by (null: drop it), or "nearest:<MNE montage>"
+    # (models/foundation.py); rate, length and unit are adapted from the model's input spec
+    backbone_channel_map: dict[str, Any] | str | None = None
+    finetune: Literal["full", "frozen", "lora"] = "full"  # frozen: only the backbone's output layer and heads train
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     embed_dim: int = 256
     ce_weight: float = 1.0  # cross-entropy with the true label
     kd_weight: float = 1.0  # response-based KD: KL(teacher || student) on temperature-softened logits
@@ -196,6 +212,11 @@ class LowLevelConfig:
     backbone: str = "ShallowFBCSPNet"  # any braindecode model class (models/eeg_encoders.py)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to its constructor
     backbone_weights: str | None = None  # a save_pretrained directory or a Hugging Face id in the local cache
+    # corpus channel -> the name a foundation model knows it by (null: drop it), or "nearest:<MNE montage>"
+    # (models/foundation.py); rate, length and unit are adapted from the model's input spec
+    backbone_channel_map: dict[str, Any] | str | None = None
+    finetune: Literal["full", "frozen", "lora"] = "full"  # frozen: only the backbone's output layer and heads train
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     latent_dim: int = 128
     ae_channels: tuple[int, ...] = (32, 64, 128)
     recon_weight: float = 1.0

@@ -110,6 +110,12 @@ def even_subset(xyz: np.ndarray, count: int) -> np.ndarray:
     return np.sort(chosen)
 
 
+def synth_channel_names(count: int) -> list[str]:
+    """The BioSemi-128 labels of a ``count``-channel synthetic corpus (its manifest's channel_names)."""
+    names, xyz = biosemi128()
+    return [names[i] for i in even_subset(xyz, count)]
+
+
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
     """Rodrigues' rotation matrix."""
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])

@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..config import DataConfig, ModelConfig, SynthConfig
+from ..data.synth_eeg import synth_channel_names
 from .eeg_encoders import HighLevelEncoder, LowLevelEncoder
+from .foundation import plan_input
 from .autoencoder import ImageAutoencoder
 from .film_unet import FiLMUNet
 from .teacher import build_teacher
@@ -19,14 +21,17 @@ from .teacher import feature_dim as teacher_feature_dim
 
 
 class Geometry:
-    """What the models need to know about the data: EEG shape after the window, classes, image size."""
+    """What the models need to know about the data: EEG channels and shape after the window, whether
+    it is z-scored (``data.normalize``), classes, image size."""
 
     def __init__(self, data_cfg: DataConfig, info: dict):
-        channels = len(info["channel_names"])
+        self.channel_names = [str(name) for name in info["channel_names"]]
+        channels = len(self.channel_names)
         time_points = int(info["time_points"])
         if data_cfg.eeg_window is not None:
             time_points = data_cfg.eeg_window[1] - data_cfg.eeg_window[0]
         self.n_chans, self.n_times, self.sfreq = channels, time_points, float(info["sfreq"])
+        self.normalized = data_cfg.normalize
         self.num_classes = len(info["class_names"])
         self.image_size = data_cfg.image_size
 
@@ -35,7 +40,7 @@ class Geometry:
         """The geometry of the corpus a ``synth`` section describes, without reading one (sizing
         models; ``data.classes`` or ``class_names`` stand in for its classes)."""
         names = class_names or data_cfg.classes or [str(c) for c in range(synth_cfg.num_classes)]
-        return cls(data_cfg, {"channel_names": [f"E{i}" for i in range(synth_cfg.channels)],
+        return cls(data_cfg, {"channel_names": synth_channel_names(synth_cfg.channels),
                               "time_points": synth_cfg.time_points, "sfreq": synth_cfg.sfreq, "class_names": names})
 
 
@@ -47,13 +52,22 @@ def build_highlevel(model_cfg: ModelConfig, geo: Geometry, pretrained: bool = Fa
     """``pretrained``: start the backbone from ``backbone_weights`` (training's first build); every
     other build is about to load trained weights and needs only the architecture."""
     return HighLevelEncoder(model_cfg.highlevel, geo.n_chans, geo.n_times, geo.sfreq, geo.num_classes,
-                            teacher_feature_dim(model_cfg.teacher.arch), pretrained)
+                            teacher_feature_dim(model_cfg.teacher.arch), pretrained, geo.channel_names, geo.normalized)
 
 
 def build_lowlevel(model_cfg: ModelConfig, geo: Geometry,
                    pretrained: bool = False) -> tuple[ImageAutoencoder, LowLevelEncoder]:
     return (ImageAutoencoder(model_cfg.lowlevel, geo.image_size),
-            LowLevelEncoder(model_cfg.lowlevel, geo.n_chans, geo.n_times, geo.sfreq, pretrained))
+            LowLevelEncoder(model_cfg.lowlevel, geo.n_chans, geo.n_times, geo.sfreq, pretrained, geo.channel_names,
+                            geo.normalized))
+
+
+def encoder_inputs(model_cfg: ModelConfig, geo: Geometry) -> dict[str, dict]:
+    """What each EEG encoder sees of the corpus (resampling, length, channels, scale), as a
+    release's ``corpus.json`` records it; computed from the config, without building a model."""
+    return {key: plan_input(cfg.backbone, cfg.backbone_kwargs, cfg.backbone_channel_map, geo.channel_names, geo.sfreq,
+                            geo.n_times, geo.normalized, f"model.{key}").record()
+            for key, cfg in (("highlevel", model_cfg.highlevel), ("lowlevel", model_cfg.lowlevel))}
 
 
 def condition_dim(model_cfg: ModelConfig) -> int:

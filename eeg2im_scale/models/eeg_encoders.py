@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from ..config import HighLevelConfig, LowLevelConfig
+from .finetune import apply_finetune
+from .foundation import InputAdapter, plan_input
 
 # the classic backbones the test suite builds and trains; any braindecode model name works (braindecode_models).
 # braindecode (and MNE behind it) is imported when a backbone is built, so the diffusion-only paths (sampling,
@@ -142,33 +144,55 @@ def _version() -> str:
     return braindecode.__version__
 
 
+def _adapted_backbone(cfg: HighLevelConfig | LowLevelConfig, key: str, n_outputs: int, n_chans: int, n_times: int,
+                      sfreq: float, channel_names: list[str] | None, normalized: bool,
+                      pretrained: bool) -> tuple[InputAdapter, nn.Module]:
+    """The input adapter and backbone of an encoder. ``pretrained``: the build training starts from
+    (``backbone_weights`` loaded, ``finetune`` applied); every other build is about to load trained,
+    LoRA-merged weights into a plain backbone."""
+    names = list(channel_names) if channel_names is not None else [f"E{i}" for i in range(n_chans)]
+    plan = plan_input(cfg.backbone, cfg.backbone_kwargs, cfg.backbone_channel_map, names, sfreq, n_times, normalized,
+                      key)
+    backbone = build_backbone(cfg.backbone, plan.n_chans, plan.n_times, plan.sfreq, n_outputs,
+                              {**plan.constructor_kwargs(), **cfg.backbone_kwargs},
+                              cfg.backbone_weights if pretrained else None)
+    if pretrained:
+        example = torch.zeros(2, plan.n_chans, plan.n_times)
+        backbone = apply_finetune(backbone, cfg.finetune, cfg.lora, key,
+                                  lambda model: model(example, **plan.forward_kwargs()))
+    return InputAdapter(plan), backbone
+
+
 class HighLevelEncoder(nn.Module):
-    """Semantic EEG encoder: backbone → embedding, plus a class head and a projection into the
-    teacher's 2048-d feature space (the regressor for feature-based KD, as in FitNets)."""
+    """Semantic EEG encoder: input adapter → backbone → embedding, plus a class head and a projection
+    into the teacher's 2048-d feature space (the regressor for feature-based KD, as in FitNets)."""
 
     def __init__(self, cfg: HighLevelConfig, n_chans: int, n_times: int, sfreq: float, num_classes: int,
-                 teacher_dim: int = 2048, pretrained: bool = True):
+                 teacher_dim: int = 2048, pretrained: bool = True, channel_names: list[str] | None = None,
+                 normalized: bool = True):
         super().__init__()
-        self.backbone = build_backbone(cfg.backbone, n_chans, n_times, sfreq, cfg.embed_dim, cfg.backbone_kwargs,
-                                       cfg.backbone_weights if pretrained else None)
+        self.adapter, self.backbone = _adapted_backbone(cfg, "model.highlevel", cfg.embed_dim, n_chans, n_times, sfreq,
+                                                        channel_names, normalized, pretrained)
         self.classifier = nn.Linear(cfg.embed_dim, num_classes)
         self.teacher_projection = nn.Linear(cfg.embed_dim, teacher_dim)
 
     def forward(self, eeg: torch.Tensor) -> dict[str, torch.Tensor]:
         """eeg [B, C, T] → embedding [B, embed_dim], logits [B, num_classes], teacher_proj [B, teacher_dim]."""
-        embedding = self.backbone(eeg)
+        embedding = self.backbone(self.adapter(eeg), **self.adapter.plan.forward_kwargs())
         return {"embedding": embedding, "logits": self.classifier(embedding),
                 "teacher_proj": self.teacher_projection(embedding)}
 
 
 class LowLevelEncoder(nn.Module):
-    """Perceptual EEG encoder: backbone → a vector regressed onto the image autoencoder's latent."""
+    """Perceptual EEG encoder: input adapter → backbone → a vector regressed onto the image
+    autoencoder's latent."""
 
-    def __init__(self, cfg: LowLevelConfig, n_chans: int, n_times: int, sfreq: float, pretrained: bool = True):
+    def __init__(self, cfg: LowLevelConfig, n_chans: int, n_times: int, sfreq: float, pretrained: bool = True,
+                 channel_names: list[str] | None = None, normalized: bool = True):
         super().__init__()
-        self.backbone = build_backbone(cfg.backbone, n_chans, n_times, sfreq, cfg.latent_dim, cfg.backbone_kwargs,
-                                       cfg.backbone_weights if pretrained else None)
+        self.adapter, self.backbone = _adapted_backbone(cfg, "model.lowlevel", cfg.latent_dim, n_chans, n_times, sfreq,
+                                                        channel_names, normalized, pretrained)
 
     def forward(self, eeg: torch.Tensor) -> torch.Tensor:
         """eeg [B, C, T] → latent [B, latent_dim]."""
-        return self.backbone(eeg)
+        return self.backbone(self.adapter(eeg), **self.adapter.plan.forward_kwargs())

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import Config, to_dict
 from ..data.manifest import Manifest
+from ..models.build import Geometry, encoder_inputs
 from ..models.pipeline import WEIGHTS, model_card, shareable
 from .stages import stage_weights
 
@@ -44,6 +45,8 @@ def export_release(cfg: Config, out: Path) -> Path:
         "normalize": cfg.data.normalize, "eeg_mean": mean.tolist(), "eeg_std": std.tolist(),
         "image_size": cfg.data.image_size,
         "split_counts": {s: manifest.count(cfg.data.split_by, s) for s in ("train", "val", "test")},
+        # what each EEG encoder saw: resampling, crop/pad, channel names and drops, scaling
+        "encoder_input": encoder_inputs(cfg.model, Geometry(cfg.data, manifest.selected_info)),
     }
     (tmp / "corpus.json").write_text(json.dumps(corpus, indent=1))
     (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -21,6 +21,7 @@ from ..data.manifest import Manifest
 from ..models.autoencoder import ImageAutoencoder, to_unit_range
 from ..models.eeg_encoders import HighLevelEncoder, LowLevelEncoder
 from ..models.film_unet import FiLMUNet
+from ..models.finetune import merge_lora
 from ..models.losses import diffusion_loss, highlevel_loss, lowlevel_loss
 from ..models.sampling import make_train_scheduler, noised_input_and_target
 from ..models.build import (Geometry, build_highlevel, build_lowlevel, build_teacher_model, build_unet, condition,
@@ -205,6 +206,18 @@ class Stage:
         return state
 
 
+class EncoderStage(Stage):
+    """A stage that trains an EEG encoder (``module.encoder``): under ``finetune: lora`` its export
+    has the adapters merged into the backbone, the plain architecture every later build loads."""
+
+    def __init__(self, name: str, module: nn.Module, encoder_cfg: HighLevelConfig | LowLevelConfig):
+        super().__init__(name, module)
+        self.encoder_cfg = encoder_cfg
+
+    def export_tensors(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return merge_lora(state, self.encoder_cfg.lora) if self.encoder_cfg.finetune == "lora" else state
+
+
 class DiffusionStage(Stage):
     """Adds an EMA of the UNet (half-life in kimg); the export carries it as ``ema.unet.*``."""
 
@@ -248,12 +261,14 @@ def build_stage(name: str, cfg: Config, device: torch.device, dtype: torch.dtype
         augment = cfg.model.teacher.flips if cfg.model.teacher.augment else None
         return Stage(name, TeacherModule(build_teacher_model(cfg.model, geo), augment, dtype, shuffled))
     if name == "lowlevel":
-        return Stage(name, LowLevelModule(*build_lowlevel(cfg.model, geo, pretrained=True), cfg.model.lowlevel, dtype))
+        return EncoderStage(name, LowLevelModule(*build_lowlevel(cfg.model, geo, pretrained=True), cfg.model.lowlevel,
+                                                 dtype), cfg.model.lowlevel)
     if name == "highlevel":
         # the fine-tuned export replaces any ImageNet weights, so none are looked up here
         teacher = load_prefixed(Teacher(cfg.model.teacher, geo.num_classes), stage_weights(cfg, "teacher"), "teacher")
         encoder = build_highlevel(cfg.model, geo, pretrained=True)
-        return Stage(name, HighLevelModule(encoder, frozen(teacher, device), cfg.model.highlevel, dtype, shuffled))
+        return EncoderStage(name, HighLevelModule(encoder, frozen(teacher, device), cfg.model.highlevel, dtype, shuffled),
+                            cfg.model.highlevel)
     if name == "diffusion":
         high = load_prefixed(build_highlevel(cfg.model, geo), stage_weights(cfg, "highlevel"), "encoder")
         low = load_prefixed(build_lowlevel(cfg.model, geo)[1], stage_weights(cfg, "lowlevel"), "encoder")

@@ -1,0 +1,212 @@
+"""EEG foundation models (LaBraM, CBraMod, EEGPT, BIOT) as encoders: their input adaptation (rate,
+window, channel names, scale), offline weights, and the frozen / LoRA fine-tuning modes under
+DeepSpeed ZeRO-2 with resume. Tiny architectures via backbone_kwargs keep every build fast."""
+
+import dataclasses
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from scipy.signal import resample_poly
+
+from eeg2im_scale.config import HighLevelConfig, LoRAConfig, load_config
+from eeg2im_scale.data.synth_eeg import synth_channel_names
+from eeg2im_scale.models.build import Geometry, build_highlevel, build_lowlevel, encoder_inputs
+from eeg2im_scale.models.eeg_encoders import HighLevelEncoder
+from eeg2im_scale.models.finetune import merge_lora
+from eeg2im_scale.models.foundation import plan_input
+
+CONFIG = "tests/configs/tiny_train.yaml"  # 16 BioSemi channels x 128 samples at 250 Hz
+NEAREST = "nearest:biosemi128"
+TINY = {
+    "Labram": {"patch_size": 25, "num_layers": 1, "num_heads": 2, "conv_out_channels": 4},
+    "CBraMod": {"n_layer": 1, "nhead": 2, "dim_feedforward": 32, "emb_dim": 8},  # its spectral branch fixes 200
+    "EEGPT": {"patch_size": 16, "patch_stride": 16, "depth": 1, "embed_dim": 32, "num_heads": 2, "embed_num": 1},
+    "BIOT": {"embed_dim": 16, "num_heads": 2, "num_layers": 1, "hop_length": 25},
+}
+RATE = {"Labram": 200.0, "CBraMod": 200.0, "EEGPT": 256.0, "BIOT": 200.0}
+WINDOW = {"Labram": 25, "CBraMod": 200, "EEGPT": 16, "BIOT": 25}
+
+
+@pytest.fixture(autouse=True)
+def _quiet(single_thread):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # braindecode's "trained at 200 Hz", stft and montage notices
+        yield
+
+
+def _model_cfg(backbone: str, **encoder):
+    cfg = load_config(CONFIG)
+    channel_map = NEAREST if backbone == "Labram" else None
+    high = dataclasses.replace(cfg.model.highlevel, backbone=backbone, backbone_kwargs=TINY[backbone], embed_dim=16,
+                               backbone_channel_map=channel_map, **encoder)
+    low = dataclasses.replace(cfg.model.lowlevel, backbone=backbone, backbone_kwargs=TINY[backbone],
+                              backbone_channel_map=channel_map, **encoder)
+    return cfg, dataclasses.replace(cfg.model, highlevel=high, lowlevel=low)
+
+
+@pytest.mark.parametrize("backbone", list(TINY))
+def test_each_foundation_model_builds_on_the_synthetic_corpus_through_the_adapter(backbone):
+    cfg, model_cfg = _model_cfg(backbone)
+    geo = Geometry.of_synth(cfg.synth, cfg.data)
+    assert geo.channel_names == synth_channel_names(16)  # the BioSemi names the synthetic manifest records
+    high, low = build_highlevel(model_cfg, geo), build_lowlevel(model_cfg, geo)[1]
+    plan = high.adapter.plan
+    assert plan.sfreq == RATE[backbone] and plan.n_times % WINDOW[backbone] == 0
+    assert high.backbone.n_times == plan.n_times and high.backbone.n_chans == 16
+    eeg = torch.randn(3, 16, 128)
+    assert high(eeg)["embedding"].shape == (3, 16) and low(eeg).shape == (3, model_cfg.lowlevel.latent_dim)
+    record = encoder_inputs(model_cfg, geo)["highlevel"]
+    assert record["sfreq"] == {"from": 250.0, "to": RATE[backbone], "resampling": record["sfreq"]["resampling"]}
+    assert record["n_times"]["from"] == 128 and record["n_times"]["to"] == plan.n_times
+    assert record["scale"]["unit"] == "z-score (data.normalize)"
+    if backbone == "Labram":  # names matched to its montage and passed per batch
+        assert record["channels"]["passed_as"] == "forward" and record["channels"]["renamed"]["A1"] == "CZ"
+        assert len(set(record["channels"]["used"])) == 16
+
+
+def test_resampling_cropping_and_scaling_equal_scipys_polyphase_resampler():
+    rng = np.random.default_rng(0)
+    trial = rng.normal(0, 10, (2, 4, 250)).astype(np.float32)
+    names = ["Fp1", "Cz", "Pz", "Oz"]
+    plan = plan_input("Labram", {}, None, names, 250.0, 250, False, "model.highlevel")  # 250 -> 200 samples, 1 patch
+    from eeg2im_scale.models.foundation import InputAdapter
+
+    got = InputAdapter(plan)(torch.from_numpy(trial)).numpy()
+    expected = resample_poly(trial.astype(np.float64), 4, 5, axis=-1)[..., :200] * 0.01  # uV -> 0.1 mV
+    assert got.shape == (2, 4, 200) and np.allclose(got, expected, atol=1e-5)
+    up = plan_input("CBraMod", {}, None, names, 100.0, 250, False, "model.lowlevel")  # 500 samples at 200 Hz -> 400
+    got = InputAdapter(up)(torch.from_numpy(trial)).numpy()
+    assert up.resampled_n_times == 500 and got.shape == (2, 4, 400)
+    assert np.allclose(got, resample_poly(trial.astype(np.float64), 2, 1, axis=-1)[..., :400] * 0.01, atol=1e-5)
+    assert up.record()["n_times"]["length"] == "cropped to 400"
+
+
+def test_an_unmappable_montage_names_the_channels_and_the_fix():
+    names = synth_channel_names(16)
+    with pytest.raises(ValueError, match=r"model.highlevel.backbone=Labram .* does not know 14 of the corpus's 16 "
+                                         r"channels: A4, A12.*backbone_channel_map.*nearest:biosemi128"):
+        plan_input("Labram", {}, None, names, 250.0, 128, True, "model.highlevel")
+    with pytest.raises(ValueError, match=r"A4 \(as NOWHERE\)"):
+        plan_input("Labram", {}, {"a4": "nowhere", **{n: None for n in names[2:]}}, names, 250.0, 128, True, "k")
+    with pytest.raises(ValueError, match="corpus does not have: XX"):
+        plan_input("BIOT", {}, {"XX": "CZ"}, names, 250.0, 128, True, "k")
+    dropped = plan_input("Labram", {}, {n: None for n in names if n not in ("A1", "C5")}, names, 250.0, 128, True, "k")
+    assert dropped.channel_names == ["A1", "C5"] and dropped.channel_index == [0, 9]  # names at face value
+
+
+@pytest.mark.parametrize("backbone", list(TINY))
+def test_save_pretrained_weights_load_identically_offline(backbone, tmp_path):
+    names = synth_channel_names(16)
+    kwargs = dict(backbone_kwargs=TINY[backbone], embed_dim=16, backbone_channel_map=NEAREST if backbone == "Labram"
+                  else None)
+    source = HighLevelEncoder(HighLevelConfig(backbone=backbone, **kwargs), 16, 128, 250.0, 3, teacher_dim=8,
+                              channel_names=names)
+    source.backbone.save_pretrained(tmp_path / "weights")
+    loaded = HighLevelEncoder(HighLevelConfig(backbone=backbone, backbone_weights=str(tmp_path / "weights"), **kwargs),
+                              16, 128, 250.0, 3, teacher_dim=8, channel_names=names)
+    theirs, ours = source.backbone.state_dict(), loaded.backbone.state_dict()
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+
+
+def test_frozen_trains_only_the_output_layer_and_lora_merges_into_a_plain_backbone():
+    names = synth_channel_names(16)
+    base = dict(backbone="Labram", backbone_kwargs=TINY["Labram"], embed_dim=16, backbone_channel_map=NEAREST)
+    frozen = HighLevelEncoder(HighLevelConfig(finetune="frozen", **base), 16, 128, 250.0, 3, teacher_dim=8,
+                              channel_names=names)
+    trainable = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    assert trainable == {"backbone.final_layer.weight", "backbone.final_layer.bias", "classifier.weight",
+                         "classifier.bias", "teacher_projection.weight", "teacher_projection.bias"}
+    lora = LoRAConfig(r=2, alpha=4.0)
+    adapted = HighLevelEncoder(HighLevelConfig(finetune="lora", lora=lora, **base), 16, 128, 250.0, 3, teacher_dim=8,
+                               channel_names=names).eval()
+    trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if "lora_" in n} and all(
+        "lora_" in n or n.startswith(("backbone.final_layer", "classifier", "teacher_projection")) for n in trainable)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # peft starts B at zero: make the adapters change the output
+    eeg = torch.randn(2, 16, 128)
+    plain = HighLevelEncoder(HighLevelConfig(finetune="lora", lora=lora, **base), 16, 128, 250.0, 3, teacher_dim=8,
+                             pretrained=False, channel_names=names).eval()  # how every later build makes it
+    plain.load_state_dict(merge_lora(adapted.state_dict(), lora), strict=True)
+    with torch.no_grad():
+        assert torch.allclose(plain(eeg)["embedding"], adapted(eeg)["embedding"], atol=1e-5)
+
+
+def test_a_release_records_what_each_encoder_saw(tmp_path):
+    from eeg2im_scale.data.corpus import write_synthetic
+    from eeg2im_scale.train.release import export_release
+    from eeg2im_scale.train.stages import stage_weights
+
+    cfg, model_cfg = _model_cfg("Labram")
+    cfg = dataclasses.replace(cfg, model=model_cfg, run_dir=str(tmp_path / "run"),
+                              synth=dataclasses.replace(cfg.synth, num_samples=48, samples_per_shard=16),
+                              data=dataclasses.replace(cfg.data, root=str(tmp_path / "corpus")))
+    write_synthetic(cfg.synth, tmp_path / "corpus")
+    for stage, prefix in (("teacher", "teacher"), ("lowlevel", "encoder"), ("highlevel", "encoder"),
+                          ("diffusion", "ema.unet")):  # export_release only renames the stages' tensors
+        stage_weights(cfg, stage).parent.mkdir(parents=True)
+        save_file({f"{prefix}.w": torch.zeros(1)}, str(stage_weights(cfg, stage)))
+    corpus = json.loads((export_release(cfg, tmp_path / "model") / "corpus.json").read_text())
+    seen = corpus["encoder_input"]["highlevel"]
+    assert seen["sfreq"]["from"] == 250.0 and seen["sfreq"]["to"] == 200.0
+    assert seen["channels"]["renamed"]["A1"] == "CZ" and seen["n_times"]["to"] == 100
+    assert corpus["encoder_input"]["lowlevel"]["backbone"] == "Labram"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from eeg2im_scale.data.corpus import write_synthetic
+
+    root = tmp_path_factory.mktemp("foundation") / "corpus"
+    write_synthetic(load_config(CONFIG).synth, root)
+    return root
+
+
+def _initial_encoder(cfg) -> dict[str, torch.Tensor]:
+    """The low-level encoder's weights as the engine starts them (same seed, same build)."""
+    from eeg2im_scale.train.stages import build_stage
+
+    torch.manual_seed(cfg.train.seed)
+    return {k: v.clone() for k, v in build_stage("lowlevel", cfg, torch.device("cpu")).module.state_dict().items()
+            if k.startswith("encoder.")}
+
+
+@pytest.mark.parametrize("mode", ["frozen", "lora"])
+def test_labram_trains_frozen_or_lora_on_two_ranks_under_zero2_and_resumes(corpus, tmp_path, mode):
+    """The low-level stage (it needs no earlier stage) with a tiny LaBraM: halted after 2 of 4 steps,
+    resumed, exported; the export is a plain backbone (LoRA merged) every later build loads."""
+    from test_train import launch, stats
+
+    from eeg2im_scale.data.manifest import Manifest
+    from eeg2im_scale.train.stages import stage_weights
+
+    kwargs = "{" + ", ".join(f"{k}: {v}" for k, v in TINY["Labram"].items()) + "}"
+    overrides = ["train.stage=lowlevel", "train.lowlevel.steps=4", "train.checkpoint_every=2", "train.log_every=1",
+                 "train.zero_stage=2", "model.lowlevel.backbone=Labram", f"model.lowlevel.backbone_kwargs={kwargs}",
+                 f"model.lowlevel.backbone_channel_map={NEAREST}", f"model.lowlevel.finetune={mode}",
+                 "model.lowlevel.lora.r=2"]
+    run_dir = tmp_path / "run"
+    launch("deepspeed", run_dir, corpus, *overrides, "train.halt_after=2")
+    assert [r["step"] for r in stats(run_dir, "lowlevel")] == [1, 2]
+    result = launch("deepspeed", run_dir, corpus, *overrides, resume=True)
+    assert "resumed at step 2" in result.stderr + result.stdout
+    assert [r["step"] for r in stats(run_dir, "lowlevel")] == [1, 2, 3, 4]
+    cfg = load_config(CONFIG, [*overrides, f"run_dir={run_dir}", f"data.root={corpus}"])
+    export = load_file(str(stage_weights(cfg, "lowlevel")))
+    start = merge_lora(_initial_encoder(cfg), cfg.model.lowlevel.lora)  # peft starts B at 0: the base weights
+    assert not [k for k in export if "lora_" in k or "base_layer" in k]
+    changed = {k for k, v in start.items() if not torch.equal(export[k], v)}
+    head = {"encoder.backbone.final_layer.weight", "encoder.backbone.final_layer.bias"}
+    if mode == "frozen":
+        assert changed == head  # the backbone's weights went through the engine untouched
+    else:
+        assert head <= changed and any(".mlp." in k for k in changed)  # adapters merged into the linear layers
+        assert "encoder.backbone.blocks.0.attn.qkv.weight" not in changed  # LaBraM reads it via F.linear: no adapter
+    plain = build_lowlevel(cfg.model, Geometry(cfg.data, Manifest(corpus).info))[1]  # as the diffusion stage builds it
+    plain.load_state_dict({k[len("encoder."):]: v for k, v in export.items() if k.startswith("encoder.")})
