@@ -400,11 +400,52 @@ def manifest_scale_section(data: dict) -> list[str]:
                   ""]
 
 
+CHANNELS_PASSED = {"position": "channels by position", "forward": "channels by name (per batch)",
+                   "chs_info": "channels by name (constructor)"}
+
+
+def _adaptation(record: dict) -> str:
+    """What the input adapter did, in one cell ('as is' for a backbone without an input spec)."""
+    if not record["adapted"]:
+        return "as is"
+    sfreq, times, channels = record["sfreq"], record["n_times"], record["channels"]
+    parts = [f"{sfreq['from']:g}→{sfreq['to']:g} Hz" if sfreq["from"] != sfreq["to"] else f"{sfreq['to']:g} Hz",
+             f"{times['from']}→{times['to']} samples ({times['length']})",
+             CHANNELS_PASSED[channels["passed_as"]]
+             + (f", {len(channels['renamed'])} renamed" if channels["renamed"] else "")]
+    return "; ".join(parts)
+
+
+def encoders_section(data: dict) -> list[str]:
+    settings, corpus = data["settings"], data["settings"]["corpus"]
+    out = [f"**EEG encoders** (`encoders.json`, {data['date'][:10]}): the high-level encoder's backbone varied on a "
+           f"{corpus['num_samples']}-sample synthetic corpus ({corpus['num_classes']} classes, {corpus['channels']}×"
+           f"{corpus['time_points']} EEG at {corpus['sfreq']:g} Hz, class SNR {corpus['class_snr']}), by-image split "
+           f"({corpus['test_images']} test images, none trained on). Method: {data['method']}; "
+           f"{settings['teacher_steps']} teacher steps once, {settings['highlevel_steps']} highlevel steps per "
+           f"backbone, batch {settings['batch_size']}, seed {settings['seed']}, one rank on "
+           f"{data['machine']['torch_threads']} CPU threads. Foundation models at a small size (`backbone_kwargs` in "
+           f"the JSON), {settings['weights']}.", ""]
+    if data.get("mode") == "quick":
+        out += ["*Smoke-test numbers (`--quick`): they only show that the benchmark runs.*", ""]
+    rows = []
+    for key, row in data["rows"].items():
+        if "error" in row:
+            rows.append([f"`{key}`", row["family"], "–", "–", "–", "–", "–", f"failed: {row['error'][:80]}"])
+            continue
+        rows.append([f"`{key}`", row["family"] + ("" if row["init"] == "random" else ", pretrained"),
+                     f"{row['params']:,}", f"{row['eeg_top1']:.3f} ({row['correct']}/{row['trials']})",
+                     f"{row['chance']:.3f}", f"{row['p_value']:.2g}", f"{row['samples_per_s']:.1f}",
+                     _adaptation(row["input"])])
+    return out + _table(["backbone", "family", "params", "EEG top-1", "chance", "p", "samples/s", "input adaptation"],
+                        rows) + [""]
+
+
 SECTIONS = {"loader_throughput.json": loader_section, "train_throughput.json": train_section,
             "eval_throughput.json": eval_section, "gpu_diffusion.json": gpu_section,
             "remote_stream.json": remote_section, "manifest_scale.json": manifest_scale_section}
 # rendered only when the file exists (no placeholder while it does not)
-OPTIONAL_SECTIONS = {"ablation.json": ablation_section}
+OPTIONAL_SECTIONS = {"ablation.json": ablation_section, "encoders.json": encoders_section}
 
 
 def render(results: Path = RESULTS) -> str:

@@ -43,6 +43,7 @@ import torch
 
 from eeg2im_scale.bench import environment
 from eeg2im_scale.bench.proc import run_logged
+from eeg2im_scale.bench.summaries import read_stats, summarize
 from eeg2im_scale.config import STAGES, load_config, to_dict
 from eeg2im_scale.data.manifest import Manifest
 from eeg2im_scale.train.stages import DEPENDENCIES
@@ -185,40 +186,6 @@ def launch(plan: Plan, variant: Variant, args: list[str], log_path: Path) -> tup
                str(variant.ranks), str(LAUNCHER), "--config", str(plan.config), *args]
     env = {**os.environ, "OMP_NUM_THREADS": str(variant.omp_threads), "PYTHONUNBUFFERED": "1"}
     return run_logged(command, env, log_path, RUN_TIMEOUT_S, REPO)
-
-
-def read_stats(run_dir: Path, stage: str) -> list[dict]:
-    path = run_dir / "stages" / stage / "stats.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def summarize(records: list[dict], global_batch: int) -> dict:
-    """Pool the logging windows after the first into totals over their steps.
-
-    Each window's figures are ratios over its wall time (mean per rank of data wait + compute),
-    so they are weighted by that time: a mean of ratios would overweight fast windows.
-    ``wall_samples_per_s`` divides by the time between the loop's log lines instead, which also
-    counts what the loop's step timing leaves out (EMA update, logging collectives)."""
-    if len(records) < 2:
-        raise RuntimeError(f"need at least 2 logging windows to discard the first, got {len(records)}")
-    kept = records[1:]
-    steps = [r["step"] - prev["step"] for prev, r in zip(records, kept)]
-    walls = [r["step_time_s"] * n for r, n in zip(kept, steps)]
-    wall = sum(walls)
-    step_time = wall / sum(steps)
-    wait_fraction = sum(r["data_wait_fraction"] * w for r, w in zip(kept, walls)) / wall
-    return {
-        "samples_per_s": round(sum(r["samples_per_s"] * w for r, w in zip(kept, walls)) / wall, 3),
-        "step_time_s": round(step_time, 4),
-        "data_wait_s": round(wait_fraction * step_time, 5),
-        "compute_s": round((1 - wait_fraction) * step_time, 4),
-        "data_wait_fraction": round(wait_fraction, 4),
-        "tflops_per_s": round(sum(r["tflops_per_s"] * w for r, w in zip(kept, walls)) / wall, 6),
-        "peak_memory_mib": max(r["peak_memory_mib"] for r in kept),
-        "wall_samples_per_s": round(global_batch * sum(steps) / (kept[-1]["time"] - records[0]["time"]), 3),
-        "samples_per_s_windows": [r["samples_per_s"] for r in kept],
-        "steps_measured": sum(steps),
-    }
 
 
 def drop_unread_outputs(run_dir: Path) -> None:

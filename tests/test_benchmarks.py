@@ -239,3 +239,36 @@ def test_quick_manifest_scale_benchmark_reports_write_and_start_costs_per_size(t
     assert set(result["largest_over_smallest"]) == {"samples", "write_seconds", "write_peak_rss_growth",
                                                     "start_seconds", "start_peak_rss_growth"}
     assert "largest/smallest" in done.stdout
+
+
+def test_quick_encoders_benchmark_scores_a_classic_and_a_foundation_backbone_by_image(tmp_path):
+    result, done = run_quick("encoders.py", tmp_path, timeout=300)
+    rows = result["rows"]
+    assert set(rows) == {"EEGNet", "Labram"} and result["mode"] == "quick"
+    assert {r["family"] for r in rows.values()} == {"classic", "foundation"}
+    corpus = result["settings"]["corpus"]
+    assert result["settings"]["split_by"] == "image" and corpus["images_disjoint"] and corpus["test_images"] > 0
+    for key, row in rows.items():
+        assert "error" not in row, (key, row)
+        assert row["init"] == "random" and positive(row["params"]) and row["backbone_params"] < row["params"]
+        assert 0 <= row["eeg_top1"] <= 1 and row["eeg_top1"] == row["correct"] / row["trials"]
+        counts = row["test_label_counts"]
+        assert sum(counts) == row["trials"] and row["chance"] == max(1 / len(counts), max(counts) / sum(counts))
+        assert 0 < row["p_value"] <= 1 and positive(row["samples_per_s"])
+        assert row["throughput"]["steps_measured"] == 4  # 6 steps, windows of 2, the first discarded
+        assert f"model.highlevel.backbone={key}" in row["overrides"]
+    assert rows["EEGNet"]["input"]["adapted"] is False
+    labram = rows["Labram"]["input"]
+    assert labram["adapted"] and labram["sfreq"]["to"] == 200.0 and labram["channels"]["renamed"]["A1"] == "CZ"
+    assert rows["EEGNet"]["test_label_counts"] == rows["Labram"]["test_label_counts"]  # same corpus and split
+    assert positive(result["machine"]["cpu_count"]) and "samples/s" in done.stdout
+
+    from test_cli import _render_readme_module
+
+    render = _render_readme_module().render  # the README section: optional, rendered from this JSON
+    assert "EEG encoders" not in render(tmp_path / "work")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "encoders.json").write_text(json.dumps(result))
+    table = render(results)
+    assert "| `Labram` | foundation |" in table and "250→200 Hz" in table and "| `EEGNet` | classic |" in table

@@ -65,6 +65,8 @@ REGISTRY = (
               note="a corpus over loopback HTTP vs local disk, 0/2 workers, with and without the shard cache"),
     Benchmark("manifest_scale", "~10 min (a 1M-sample corpus written and deleted); quick ~30 s",
               note="writer and loader start-up cost at 10k / 100k / 1M samples"),
+    Benchmark("encoders", "~40-60 min, estimated (teacher once + 9 backbones x 150 steps); quick ~1 min",
+              note="classic vs foundation-model EEG encoders: top-1 by image, params, samples/s"),
     Benchmark("ablation", "~3 h (2 methods x 3 seeds x 3 variants); quick ~2-5 min",
               note="long: --skip ablation, or run it alone with --only ablation"),
 )

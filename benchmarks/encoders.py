@@ -1,0 +1,208 @@
+"""EEG encoder benchmark: classic braindecode backbones against EEG foundation models as the high-level encoder.
+
+Why: ``model.highlevel.backbone`` may be any braindecode model, the foundation models (LaBraM,
+CBraMod, EEGPT, BIOT) included behind their input adapter (``models/foundation.py``). This script
+compares them as the package trains them, on equal terms: EEG top-1 of the high-level encoder's
+class head on the test split, with its chance level and one-sided binomial p-value, the encoder's
+parameter count, the highlevel stage's training samples/s, and what the input adapter did.
+
+Method: one synthetic corpus (the config's ``synth`` section after overrides), written once under
+``--work-dir`` and reused, split ``data.split_by=image`` (no test image is trained on;
+:func:`check_images_disjoint` is asserted before training). The teacher stage is trained once;
+every backbone gets its own run directory holding a copy of the teacher's export
+(``stages/teacher/final.safetensors``, all the highlevel stage loads: ``DEPENDENCIES``) and trains
+``train.stage=highlevel`` with the same seed, steps and corpus. Training runs in this process with
+one rank (:func:`eeg2im_scale.train.run.run`, as the protocol runner does by default): the same
+DeepSpeed loop a launcher would start, without a launcher start-up (~16 s here) per backbone, and
+the figures compared are per-backbone, not multi-rank. Accuracy:
+:func:`eeg2im_scale.protocols.evaluate.classifier_scores` on the trained run; samples/s: the
+loop's ``stats.jsonl`` with the first of three logging windows discarded (as
+``train_throughput.py``).
+
+Foundation models are built at a small size (:data:`FOUNDATION`, two transformer layers) from
+random initialisation: no weights can be fetched here. ``--weights NAME=DIR`` adds a row that
+starts NAME from a local ``save_pretrained`` directory (its size arguments read from
+``DIR/config.json``). LaBraM takes channels by name: the synthetic corpus's BioSemi labels are
+mapped with ``backbone_channel_map: nearest:biosemi128``.
+
+Default: ``tests/configs/tiny_train.yaml`` (16 channels x 128 samples at 250 Hz) with 1536 samples
+of 8 classes at ``class_snr`` 1, teacher 100 steps, 150 highlevel steps per backbone. Cost, an
+estimate from ``--quick`` on the shared 2-core CPU at load ~5 (not a measurement of the full run):
+a highlevel step at batch 4 took 0.8-0.9 s, most of it the frozen ResNet-50 teacher's forward, so
+~1.5 s at batch 8, ~4 min per backbone and ~3 min for the teacher: ~40-60 min for the 9 rows.
+``--quick`` took ~50 s (2 backbones, 6 steps each, 2 teacher steps).
+Run ``python benchmarks/encoders.py --out results.json [--backbones A B ...] [--weights NAME=DIR]
+[key=value ...]``; ``--quick`` is a smoke run (EEGNet and LaBraM, tiny corpus, 6 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from eeg2im_scale.bench.environment import machine_info, synthetic_corpus  # noqa: E402 - after the repo path
+from eeg2im_scale.bench.summaries import read_stats, summarize  # noqa: E402
+from eeg2im_scale.config import load_config, to_dict  # noqa: E402
+from eeg2im_scale.data.manifest import Manifest  # noqa: E402
+from eeg2im_scale.models.build import Geometry, build_highlevel, encoder_inputs  # noqa: E402
+from eeg2im_scale.protocols.evaluate import check_images_disjoint, classifier_scores  # noqa: E402
+from eeg2im_scale.protocols.stats import binomial_p_value, chance_level  # noqa: E402
+from eeg2im_scale.train.run import run as train  # noqa: E402
+from eeg2im_scale.train.stages import DEPENDENCIES  # noqa: E402
+
+DEFAULT_CONFIG = REPO / "tests" / "configs" / "tiny_train.yaml"
+CLASSIC = ("EEGNet", "ShallowFBCSPNet", "Deep4Net", "EEGConformer", "ATCNet")  # braindecode's defaults
+FOUNDATION = {  # two transformer layers, width 64, patches short enough for several per 0.5 s trial
+    "Labram": {"patch_size": 25, "num_layers": 2, "num_heads": 4, "embed_dim": 64, "conv_out_channels": 4},
+    "CBraMod": {"n_layer": 2, "nhead": 4, "dim_feedforward": 128, "emb_dim": 64},  # patch_size stays 200
+    "EEGPT": {"patch_size": 16, "patch_stride": 16, "depth": 2, "embed_dim": 64, "num_heads": 4, "embed_num": 1},
+    "BIOT": {"embed_dim": 64, "num_heads": 4, "num_layers": 2, "hop_length": 25},
+}
+CHANNEL_MAP = {"Labram": "nearest:biosemi128"}  # by-name models: the synthetic corpus's BioSemi labels
+FULL = {"overrides": ["synth.num_samples=1536", "synth.num_classes=8", "synth.class_snr=1.0",
+                      "synth.samples_per_shard=64"], "teacher_steps": 100, "steps": 150}
+QUICK = {"overrides": ["synth.num_samples=96", "data.batch_size=4"], "teacher_steps": 2, "steps": 6, "backbones": ["EEGNet", "Labram"]}
+WINDOWS = 3  # logging windows per highlevel stage; the first is discarded
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """Only the stage exports are read here; the ZeRO checkpoints (the teacher's ~360 MB) are not."""
+    for path in run_dir.glob("stages/*/checkpoints"):
+        shutil.rmtree(path)
+
+
+def row_overrides(name: str, weights: str | None) -> list[str]:
+    """The highlevel encoder of one row; a weights row takes its size arguments from the directory."""
+    kwargs = dict(FOUNDATION.get(name, {}))
+    if weights:
+        saved = json.loads((Path(weights) / "config.json").read_text())
+        kwargs = {key: saved[key] for key in kwargs if key in saved}
+    return [f"model.highlevel.backbone={name}", f"model.highlevel.backbone_kwargs={json.dumps(kwargs)}",
+            f"model.highlevel.backbone_channel_map={CHANNEL_MAP.get(name, 'null')}",
+            f"model.highlevel.backbone_weights={weights or 'null'}"]
+
+
+def train_backbone(config: Path, common: list[str], work: Path, key: str, name: str, weights: str | None,
+                   log) -> dict:
+    run_dir = work / "runs" / key
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for dep in DEPENDENCIES["highlevel"]:  # the teacher trained once, reused by every row
+        target = run_dir / "stages" / dep / "final.safetensors"
+        target.parent.mkdir(parents=True)
+        shutil.copy2(work / "runs" / "teacher" / "stages" / dep / "final.safetensors", target)
+    overrides = [*common, f"run_dir={run_dir}", "train.stage=highlevel", *row_overrides(name, weights)]
+    cfg = load_config(config, overrides)
+    row = {"backbone": name, "family": "foundation" if name in FOUNDATION else "classic",
+           "init": f"pretrained: {weights}" if weights else "random", "overrides": overrides[len(common):]}
+    log(f"{key}: training the highlevel stage ...")
+    started = time.perf_counter()
+    try:
+        train(cfg)
+    except Exception as exc:  # one backbone failing must not lose the others' rows
+        log(f"{key}: FAILED: {type(exc).__name__}: {exc}")
+        return {**row, "error": f"{type(exc).__name__}: {exc}"}
+    seconds = time.perf_counter() - started
+    drop_checkpoints(run_dir)
+    geo = Geometry(cfg.data, Manifest.for_data(cfg.data).selected_info)
+    encoder = build_highlevel(cfg.model, geo)
+    scores = classifier_scores(cfg)
+    chance = chance_level(scores.label_counts, scores.choices)
+    throughput = summarize(read_stats(run_dir, "highlevel"), cfg.data.batch_size * cfg.train.grad_accum)
+    return {**row, "params": sum(p.numel() for p in encoder.parameters()),
+            "backbone_params": sum(p.numel() for p in encoder.backbone.parameters()),
+            "eeg_top1": scores.correct / scores.trials, "correct": scores.correct, "trials": scores.trials,
+            "test_label_counts": scores.label_counts, "chance": chance,
+            "p_value": binomial_p_value(scores.correct, scores.trials, chance),
+            "samples_per_s": throughput["samples_per_s"], "throughput": throughput,
+            "train_wall_s": round(seconds, 1), "input": encoder_inputs(cfg.model, geo)["highlevel"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training config (default: the tiny one)")
+    parser.add_argument("--backbones", nargs="+", default=[*CLASSIC, *FOUNDATION], help="braindecode model names")
+    parser.add_argument("--weights", nargs="+", default=[], metavar="NAME=DIR",
+                        help="extra rows: NAME started from a local save_pretrained directory")
+    parser.add_argument("--steps", type=int, help=f"highlevel steps per backbone (default {FULL['steps']})")
+    parser.add_argument("--teacher-steps", type=int, help=f"teacher steps, once (default {FULL['teacher_steps']})")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench" / "encoders",
+                        help="corpus (written once, reused), the teacher's run and one run per backbone")
+    parser.add_argument("--quick", action="store_true", help="smoke run: EEGNet and Labram, 96 samples, batch 4, 6 steps")
+    parser.add_argument("overrides", nargs="*", help="key=value for every run (after the script's own settings)")
+    args = parser.parse_args(argv)
+    mode = QUICK if args.quick else FULL
+    steps, teacher_steps = args.steps or mode["steps"], args.teacher_steps or mode["teacher_steps"]
+    backbones = mode["backbones"] if args.quick else args.backbones
+    if steps < 2 * WINDOWS:
+        parser.error(f"--steps must be at least {2 * WINDOWS}: {WINDOWS} logging windows of at least 2 steps")
+    weights = dict(item.split("=", 1) for item in args.weights)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    config, work = args.config.resolve(), args.work_dir.resolve()
+    settings = [*mode["overrides"], *args.overrides]
+    started, machine = time.perf_counter(), machine_info("deepspeed", "braindecode")
+    root, reused = synthetic_corpus(load_config(config, settings).synth, work / "corpus", config.stem)
+    common = [*settings, f"data.root={root}", "data.split_by=image", f"train.teacher.steps={teacher_steps}",
+              f"train.highlevel.steps={steps}", f"train.log_every={steps // WINDOWS}",
+              f"train.checkpoint_every={max(steps, teacher_steps)}"]
+    seen, tested = check_images_disjoint(Manifest(root), "image")
+    log(f"teacher: training once ({teacher_steps} steps) ...")
+    shutil.rmtree(work / "runs", ignore_errors=True)
+    teacher_started = time.perf_counter()
+    train(load_config(config, [*common, f"run_dir={work / 'runs' / 'teacher'}", "train.stage=teacher"]))
+    teacher_s = time.perf_counter() - teacher_started
+    drop_checkpoints(work / "runs" / "teacher")
+    rows = {}
+    for key, name, path in [*((b, b, None) for b in backbones), *((f"{n}_pretrained", n, d) for n, d in weights.items())]:
+        rows[key] = train_backbone(config, common, work, key, name, path, log)
+    cfg = load_config(config, common)
+    report = {
+        "benchmark": "encoders", "mode": "quick" if args.quick else "full", "date": machine["date"],
+        "machine": {**machine, "torch_threads": torch.get_num_threads(),
+                    "load_average_1min_at_end": round(os.getloadavg()[0], 2)},
+        "settings": {"config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
+                     "overrides_common": common, "split_by": "image", "seed": cfg.train.seed,
+                     "teacher_steps": teacher_steps, "highlevel_steps": steps, "batch_size": cfg.data.batch_size,
+                     "ranks": 1, "training": "eeg2im_scale.train.run.run in this process, one rank",
+                     "foundation_kwargs": FOUNDATION, "channel_map": CHANNEL_MAP,
+                     "weights": "random initialisation unless a row's init names a directory: pretrained weights "
+                                "cannot be fetched here (--weights NAME=DIR adds local save_pretrained rows)",
+                     "corpus": {"root": str(root), "reused": reused, "num_samples": cfg.synth.num_samples,
+                                "num_classes": cfg.synth.num_classes, "channels": cfg.synth.channels,
+                                "time_points": cfg.synth.time_points, "sfreq": cfg.synth.sfreq,
+                                "class_snr": cfg.synth.class_snr, "train_val_images": seen, "test_images": tested,
+                                "images_disjoint": True},
+                     "teacher_train_s": round(teacher_s, 1), "resolved": to_dict(cfg)},
+        "method": "teacher stage trained once and its export copied into every backbone's run; train.stage=highlevel "
+                  "with the same seed, steps and corpus; EEG top-1 of the class head on the test split of "
+                  "data.split_by=image (no test image trained on), chance = share of the most frequent test class "
+                  "(at least 1/classes), one-sided binomial p; samples/s from stats.jsonl, first of 3 windows "
+                  "discarded",
+        "rows": rows,
+        "runtime_s": round(time.perf_counter() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for key, row in rows.items():
+        print(f"{key:<22}" + (row["error"] if "error" in row else
+                              f"{row['params']:>9} params  top-1 {row['eeg_top1']:.3f} (chance {row['chance']:.3f}, "
+                              f"p {row['p_value']:.3g})  {row['samples_per_s']:.1f} samples/s"))
+    print(f"wrote {args.out} ({report['runtime_s']} s)")
+    return 1 if any("error" in row for row in rows.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
