@@ -158,6 +158,8 @@ def _records(trials: int = 60, per_image: int = 3, images_per_trial: int = 2, cl
             "fake_logits": (rng.normal(size=(images_per_trial, 100)) * 4).astype(np.float32),
             "real_features": real[image_id],
             "ssim": [float(rng.random()) for _ in range(images_per_trial)],
+            "reconstruction": {"values": {m: [float(rng.random()) for _ in range(images_per_trial)]
+                                          for m in ("pixcorr", "ssim")}, "fake": {}, "real": {}},
         })
     return records, real
 
@@ -173,7 +175,8 @@ def _metric_values(records, class_images=None, **eval_overrides):
                              "eval.kid_subset_size=15", "eval.n_way=3",
                              *(f"eval.{k}={v}" for k, v in eval_overrides.items())])
     pipeline = SimpleNamespace(corpus={"class_names": ["a", "b", "c", "d"]})
-    out = _summarise(cfg.eval, cfg.data.split_by, pipeline, records, class_images, SamplerSettings("ddim", 4, 3.0))
+    out = _summarise(cfg.eval, cfg.data.split_by, pipeline, records, class_images, SamplerSettings("ddim", 4, 3.0),
+                     recon_weights={}, recon_unavailable={})
     return {name: entry["value"] for name, entry in out["metrics"].items()}, out["protocol"]
 
 
