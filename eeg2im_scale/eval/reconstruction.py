@@ -34,6 +34,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from ..config import ReconstructionConfig, ReconstructionMetric
+from ..models.teacher import IMAGENET_MEAN, IMAGENET_STD
 from .fidelity import mismatched_partners
 
 __all__ = ["FOLLOWS", "METRIC_NAMES", "TWO_WAY", "DISTANCES", "RANDOM_WEIGHTS", "FeatureNetwork", "ReconstructionWeightsNotFound",
@@ -46,7 +47,7 @@ METRIC_NAMES: tuple[str, ...] = get_args(ReconstructionMetric)
 TWO_WAY = ("alexnet2", "alexnet5", "inception", "clip")
 DISTANCES = ("effnet", "swav")
 RANDOM_WEIGHTS = "random (tests only: not comparable with any published table)"
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
 CLIP_NORM = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 GRAY = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray
 
