@@ -4,7 +4,10 @@ DeepSpeed ZeRO-2 with resume. Tiny architectures via backbone_kwargs keep every 
 
 import dataclasses
 import json
+import os
+import subprocess
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,49 +171,56 @@ def corpus(tmp_path_factory):
     return root
 
 
-def _initial_encoder(cfg) -> dict[str, torch.Tensor]:
-    """The low-level encoder's weights as the engine starts them (same seed, same build)."""
-    from eeg2im_scale.train.stages import build_stage
-
-    torch.manual_seed(cfg.train.seed)
-    return {k: v.clone() for k, v in build_stage("lowlevel", cfg, torch.device("cpu")).module.state_dict().items()
-            if k.startswith("encoder.")}
+# each mode under each ZeRO stage once; two models each way
+TWO_RANK_RUNS = {"Labram": ("lora", 2), "BIOT": ("frozen", 2), "EEGPT": ("lora", 3), "CBraMod": ("frozen", 3)}
 
 
-@pytest.mark.parametrize("mode", ["frozen", "lora"])
-def test_labram_trains_frozen_or_lora_on_two_ranks_under_zero2_and_resumes(corpus, tmp_path, mode):
-    """The low-level stage (it needs no earlier stage) with a tiny LaBraM, exported as a plain backbone
-    (LoRA merged) every later build loads; the LoRA run is halted after 2 of 4 steps and resumed (its
-    adapters are rebuilt on resume: the risky case; a frozen run resumes as any other)."""
-    from test_train import launch, stats
+def test_every_foundation_model_trains_from_local_weights_on_two_ranks_halts_resumes_and_exports(corpus, tmp_path):
+    """The low-level stage (it needs no earlier stage) of each tiny foundation model, started from a
+    local ``save_pretrained`` directory, on 2 ranks in one DeepSpeed launch (tests/train_runs.py): halted
+    after 2 of 4 steps and resumed (LoRA adapters are rebuilt on resume: the risky case), then exported
+    as a plain backbone (LoRA merged) that every later build loads."""
+    from test_train import BIN, _port, stats
 
     from eeg2im_scale.data.manifest import Manifest
     from eeg2im_scale.train.stages import stage_weights
 
-    kwargs = "{" + ", ".join(f"{k}: {v}" for k, v in TINY["Labram"].items()) + "}"
-    overrides = ["train.stage=lowlevel", "train.lowlevel.steps=4", "train.checkpoint_every=2", "train.log_every=1",
-                 "train.zero_stage=2", "model.lowlevel.backbone=Labram", f"model.lowlevel.backbone_kwargs={kwargs}",
-                 f"model.lowlevel.backbone_channel_map={NEAREST}", f"model.lowlevel.finetune={mode}",
-                 "model.lowlevel.lora.r=2"]
-    run_dir = tmp_path / "run"
-    if mode == "lora":
-        launch("deepspeed", run_dir, corpus, *overrides, "train.halt_after=2")
-        assert [r["step"] for r in stats(run_dir, "lowlevel")] == [1, 2]
-        result = launch("deepspeed", run_dir, corpus, *overrides, resume=True)
-        assert "resumed at step 2" in result.stderr + result.stdout
-    else:
-        launch("deepspeed", run_dir, corpus, *overrides)
-    assert [r["step"] for r in stats(run_dir, "lowlevel")] == [1, 2, 3, 4]
-    cfg = load_config(CONFIG, [*overrides, f"run_dir={run_dir}", f"data.root={corpus}"])
-    export = load_file(str(stage_weights(cfg, "lowlevel")))
-    start = merge_lora(_initial_encoder(cfg), cfg.model.lowlevel.lora)  # peft starts B at 0: the base weights
-    assert not [k for k in export if "lora_" in k or "base_layer" in k]
-    changed = {k for k, v in start.items() if not torch.equal(export[k], v)}
-    head = {"encoder.backbone.final_layer.weight", "encoder.backbone.final_layer.bias"}
-    if mode == "frozen":
-        assert changed == head  # the backbone's weights went through the engine untouched
-    else:
-        assert head <= changed and any(".mlp." in k for k in changed)  # adapters merged into the linear layers
-        assert "encoder.backbone.blocks.0.attn.qkv.weight" not in changed  # LaBraM reads it via F.linear: no adapter
-    plain = build_lowlevel(cfg.model, Geometry(cfg.data, Manifest(corpus).info))[1]  # as the diffusion stage builds it
-    plain.load_state_dict({k[len("encoder."):]: v for k, v in export.items() if k.startswith("encoder.")})
+    geo = Geometry(load_config(CONFIG).data, Manifest(corpus).info)
+    runs, configs = [], {}
+    for backbone, (mode, zero) in TWO_RANK_RUNS.items():
+        model_cfg, weights = _model_cfg(backbone)[1], tmp_path / backbone / "weights"
+        build_lowlevel(model_cfg, geo)[1].backbone.save_pretrained(weights)
+        kwargs = "{" + ", ".join(f"{k}: {v}" for k, v in TINY[backbone].items()) + "}"
+        overrides = ["--config", CONFIG, f"run_dir={tmp_path / backbone / 'run'}", f"data.root={corpus}",
+                     "train.stage=lowlevel", "train.lowlevel.steps=4", "train.checkpoint_every=2", "train.log_every=1",
+                     f"train.zero_stage={zero}", f"model.lowlevel.backbone={backbone}",
+                     f"model.lowlevel.backbone_kwargs={kwargs}", f"model.lowlevel.backbone_weights={weights}",
+                     f"model.lowlevel.backbone_channel_map={NEAREST if backbone == 'Labram' else 'null'}",
+                     f"model.lowlevel.finetune={mode}", "model.lowlevel.lora.r=2"]
+        for argv in ([*overrides, "train.halt_after=2"], [*overrides, "--resume"]):
+            runs.append({"port": _port(), "argv": argv})
+        configs[backbone] = load_config(CONFIG, overrides[2:])
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    command = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port()), "tests/train_runs.py",
+               str(tmp_path / "runs.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    resumed = (result.stdout + result.stderr).count("stage lowlevel resumed at step 2")
+    assert resumed == len(TWO_RANK_RUNS) * 2, resumed  # each run, each rank
+    for backbone, (mode, zero) in TWO_RANK_RUNS.items():
+        cfg = configs[backbone]
+        assert [r["step"] for r in stats(Path(cfg.run_dir), "lowlevel")] == [1, 2, 3, 4], backbone
+        export = load_file(str(stage_weights(cfg, "lowlevel")))
+        assert not [k for k in export if "lora_" in k or "base_layer" in k], backbone
+        saved = {f"encoder.backbone.{k}": v for k, v in
+                 load_file(str(tmp_path / backbone / "weights" / "model.safetensors")).items()}
+        assert saved.keys() <= export.keys(), backbone
+        changed = {k for k, v in saved.items() if not torch.equal(export[k], v)}
+        head = {k for k in saved if k.startswith("encoder.backbone.final_layer.")}
+        if mode == "frozen":  # the loaded weights went through the engine untouched, the output layer trained
+            assert changed == head, (backbone, changed)
+        else:  # adapters merged into linear weights; LoRA never changes a bias
+            assert head < changed and all(k.endswith(".weight") for k in changed - head), (backbone, changed)
+        plain = build_lowlevel(cfg.model, geo)[1]  # as the diffusion stage builds it: no weights, no peft
+        plain.load_state_dict({k[len("encoder."):]: v for k, v in export.items() if k.startswith("encoder.")})
