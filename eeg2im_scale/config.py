@@ -184,6 +184,15 @@ class LoRAConfig:
     # module names (peft matches by suffix); null: every nn.Linear of the backbone but its output layer's
     target_modules: list[str] | None = None
 
+    def check(self, key: str) -> None:
+        """Checked whatever ``finetune`` says, so a typo is caught before the run that would use it."""
+        _at_least_one(f"{key}.r", self.r)
+        if not self.alpha > 0 or not 0 <= self.dropout < 1:
+            raise ConfigError(f"{key}.alpha must be > 0 and {key}.dropout in [0, 1), got {self.alpha}, {self.dropout}")
+        if self.target_modules is not None and (not self.target_modules or not all(self.target_modules)):
+            raise ConfigError(f"{key}.target_modules must name modules (or be null for every linear layer the "
+                              f"backbone calls), got {self.target_modules}")
+
 
 @dataclass
 class HighLevelConfig:
@@ -465,6 +474,8 @@ class Config:
         self.synth.check()
         self.train.check()
         self.model.diffusion.check()
+        self.model.highlevel.lora.check("model.highlevel.lora")
+        self.model.lowlevel.lora.check("model.lowlevel.lora")
         self.eval.check()
         self.tune.check(self.eval.inception_metrics)
         self.protocol.check()

@@ -59,6 +59,9 @@ def test_unknown_key_names_key_and_valid_ones():
     ("synth.split_fractions=[0.5, 0.1, 0.1]", "synth.split_fractions"),
     ("data.batch_size=0", "data.batch_size must be >= 1"),
     ("data=3", "data: expected a mapping"),
+    ("model.highlevel.lora.r=0", "model.highlevel.lora.r must be >= 1"),
+    ("model.lowlevel.lora.dropout=1.0", "model.lowlevel.lora.alpha must be > 0 and model.lowlevel.lora.dropout in"),
+    ("model.lowlevel.lora.target_modules=[]", "model.lowlevel.lora.target_modules must name modules"),
 ])
 def test_bad_values_name_the_key(override, fragment):
     with pytest.raises(ConfigError) as err:
