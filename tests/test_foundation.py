@@ -224,3 +224,24 @@ def test_every_foundation_model_trains_from_local_weights_on_two_ranks_halts_res
             assert head < changed and all(k.endswith(".weight") for k in changed - head), (backbone, changed)
         plain = build_lowlevel(cfg.model, geo)[1]  # as the diffusion stage builds it: no weights, no peft
         plain.load_state_dict({k[len("encoder."):]: v for k, v in export.items() if k.startswith("encoder.")})
+
+
+@pytest.mark.parametrize("backbone, mode", [("ShallowFBCSPNet", "frozen"), ("EEGConformer", "lora")])
+def test_a_frozen_trunk_keeps_its_batch_norm_statistics_in_training_mode(backbone, mode):
+    """Classic backbones normalise with BatchNorm: in a frozen or LoRA-adapted trunk, training mode
+    must neither update its running statistics nor normalise by the batch's."""
+    cfg = HighLevelConfig(backbone=backbone, embed_dim=16, finetune=mode, lora=LoRAConfig(r=2))
+    encoder = HighLevelEncoder(cfg, 16, 128, 250.0, 3, teacher_dim=8)
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # train and eval mode may then differ by the normalisation only
+    before = {k: v.clone() for k, v in encoder.backbone.state_dict().items() if "running_" in k}
+    assert before
+    eeg = torch.randn(8, 16, 128) * 3 + 1
+    with torch.no_grad():
+        trained = encoder.train()(eeg)["embedding"]
+        evaluated = encoder.eval()(eeg)["embedding"]
+    after = {k: v for k, v in encoder.backbone.state_dict().items() if "running_" in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    if backbone == "ShallowFBCSPNet":  # without dropout, normalisation is all that differs between the modes
+        assert torch.allclose(trained, evaluated, atol=1e-6)

@@ -3,7 +3,7 @@ our heads train) or ``lora`` (PEFT LoRA adapters on its linear layers, plus its 
 
 Frozen parameters get ``requires_grad=False``, so the engine's optimizer never holds them
 (``train/loop.py`` passes only trainable parameters to DeepSpeed) and ZeRO keeps no fp32 master
-or Adam state for them. LoRA exists only while a stage trains: its checkpoints hold the adapters
+or Adam state for them; a frozen trunk's batch-norm statistics stay as loaded too. LoRA exists only while a stage trains: its checkpoints hold the adapters
 (resume rebuilds them), and :func:`merge_lora` folds them into the base weights of the stage's
 export, so everything downstream (the diffusion stage, the release, ``eeg2im generate``) loads
 a plain backbone and needs no ``peft``.
@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import LoRAConfig
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 HEAD = "final_layer"  # braindecode's name for a model's output layer (EEGModuleMixin models)
 ADAPTER = "default"  # peft's adapter name
 
@@ -72,7 +73,19 @@ def apply_finetune(backbone: nn.Module, mode: str, lora: LoRAConfig, key: str,
     for name, parameter in backbone.named_parameters():
         parameter.requires_grad_(mode == "lora" and ".lora_" in name)
     head.requires_grad_(True)
+    in_head = set(map(id, head.modules()))
+    held = [m for m in backbone.modules() if isinstance(m, BATCH_NORMS) and id(m) not in in_head]
+    if held:
+        backbone.register_forward_pre_hook(lambda *_: _hold_statistics(held))
     return backbone
+
+
+def _hold_statistics(norms: list[nn.Module]) -> None:
+    """A frozen trunk keeps its (pretrained) normalisation statistics: its batch-norm layers run as
+    in eval, normalising by the running statistics and never updating them, whatever mode the
+    training loop sets."""
+    for norm in norms:
+        norm.eval()
 
 
 def merge_lora(state: dict[str, torch.Tensor], lora: LoRAConfig) -> dict[str, torch.Tensor]:
