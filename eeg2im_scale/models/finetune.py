@@ -3,10 +3,11 @@ our heads train) or ``lora`` (PEFT LoRA adapters on its linear layers, plus its 
 
 Frozen parameters get ``requires_grad=False``, so the engine's optimizer never holds them
 (``train/loop.py`` passes only trainable parameters to DeepSpeed) and ZeRO keeps no fp32 master
-or Adam state for them; a frozen trunk's batch-norm statistics stay as loaded too. LoRA exists only while a stage trains: its checkpoints hold the adapters
-(resume rebuilds them), and :func:`merge_lora` folds them into the base weights of the stage's
-export, so everything downstream (the diffusion stage, the release, ``eeg2im generate``) loads
-a plain backbone and needs no ``peft``.
+or Adam state for them; a frozen trunk's batch-norm statistics stay as loaded too. LoRA exists
+only while a stage trains: its checkpoints hold the adapters (resume rebuilds them), and
+:func:`merge_lora` folds them into the base weights of the stage's export, so everything
+downstream (the diffusion stage, the release, ``eeg2im generate``) loads a plain backbone and
+needs no ``peft``.
 """
 
 from __future__ import annotations
