@@ -11,7 +11,10 @@ Method: one synthetic corpus (the config's ``synth`` section after overrides), w
 :func:`check_images_disjoint` is asserted before training). The teacher stage is trained once;
 every backbone gets its own run directory holding a copy of the teacher's export
 (``stages/teacher/final.safetensors``, all the highlevel stage loads: ``DEPENDENCIES``) and trains
-``train.stage=highlevel`` with the same seed, steps and corpus. Training runs in this process with
+``train.stage=highlevel`` with the same seed, steps and corpus at each learning rate of ``--lrs``.
+One learning rate cannot suit both families (at 3e-3 the small transformers collapsed to one
+class in a trial run), so each backbone keeps the one with the best val top-1 (val images are
+neither trained on nor tested) and only that run is scored on test. Training runs in this process with
 one rank (:func:`eeg2im_scale.train.run.run`, as the protocol runner does by default): the same
 DeepSpeed loop a launcher would start, without a launcher start-up (~16 s here) per backbone, and
 the figures compared are per-backbone, not multi-rank. Accuracy:
@@ -26,11 +29,9 @@ starts NAME from a local ``save_pretrained`` directory (its size arguments read 
 mapped with ``backbone_channel_map: nearest:biosemi128``.
 
 Default: ``tests/configs/tiny_train.yaml`` (16 channels x 128 samples at 250 Hz) with 1536 samples
-of 8 classes at ``class_snr`` 1, teacher 100 steps, 150 highlevel steps per backbone. Cost, an
-estimate from ``--quick`` on the shared 2-core CPU at load ~5 (not a measurement of the full run):
-a highlevel step at batch 4 took 0.8-0.9 s, most of it the frozen ResNet-50 teacher's forward, so
-~1.5 s at batch 8, ~4 min per backbone and ~3 min for the teacher: ~40-60 min for the 9 rows.
-``--quick`` took ~50 s (2 backbones, 6 steps each, 2 teacher steps).
+of 8 classes at ``class_snr`` 1, teacher 100 steps, 1000 highlevel steps (~8 epochs) per backbone
+and learning rate, lrs 3e-3, 1e-3, 3e-4. Cost on the 2-core CPU: ~55 s per run (the teacher sees
+32 px images), so ~30 min for 9 backbones x 3 learning rates (``runtime_s`` in the JSON).
 Run ``python benchmarks/encoders.py --out results.json [--backbones A B ...] [--weights NAME=DIR]
 [key=value ...]``; ``--quick`` is a smoke run (EEGNet and LaBraM, tiny corpus, 6 steps).
 """
@@ -65,15 +66,19 @@ from eeg2im_scale.train.stages import DEPENDENCIES  # noqa: E402
 DEFAULT_CONFIG = REPO / "tests" / "configs" / "tiny_train.yaml"
 CLASSIC = ("EEGNet", "ShallowFBCSPNet", "Deep4Net", "EEGConformer", "ATCNet")  # braindecode's defaults
 FOUNDATION = {  # two transformer layers, width 64, patches short enough for several per 0.5 s trial
-    "Labram": {"patch_size": 25, "num_layers": 2, "num_heads": 4, "embed_dim": 64, "conv_out_channels": 4},
+    # mean-pooled tokens as LaBraM's own fine-tuning (braindecode's default reads the CLS token, which at random
+    # init barely depends on the input: the class head collapsed to one class in a trial run)
+    "Labram": {"patch_size": 25, "num_layers": 2, "num_heads": 4, "embed_dim": 64, "conv_out_channels": 4,
+               "use_mean_pooling": True},
     "CBraMod": {"n_layer": 2, "nhead": 4, "dim_feedforward": 128, "emb_dim": 64},  # patch_size stays 200
     "EEGPT": {"patch_size": 16, "patch_stride": 16, "depth": 2, "embed_dim": 64, "num_heads": 4, "embed_num": 1},
     "BIOT": {"embed_dim": 64, "num_heads": 4, "num_layers": 2, "hop_length": 25},
 }
 CHANNEL_MAP = {"Labram": "nearest:biosemi128"}  # by-name models: the synthetic corpus's BioSemi labels
 FULL = {"overrides": ["synth.num_samples=1536", "synth.num_classes=8", "synth.class_snr=1.0",
-                      "synth.samples_per_shard=64"], "teacher_steps": 100, "steps": 150}
-QUICK = {"overrides": ["synth.num_samples=96", "data.batch_size=4"], "teacher_steps": 2, "steps": 6, "backbones": ["EEGNet", "Labram"]}
+                      "synth.samples_per_shard=64"], "teacher_steps": 100, "steps": 1000, "lrs": [3e-3, 1e-3, 3e-4]}
+QUICK = {"overrides": ["synth.num_samples=96", "data.batch_size=4"], "teacher_steps": 2, "steps": 6, "lrs": [3e-3, 1e-3],
+         "backbones": ["EEGNet", "Labram"]}
 WINDOWS = 3  # logging windows per highlevel stage; the first is discarded
 
 
@@ -94,39 +99,60 @@ def row_overrides(name: str, weights: str | None) -> list[str]:
             f"model.highlevel.backbone_weights={weights or 'null'}"]
 
 
-def train_backbone(config: Path, common: list[str], work: Path, key: str, name: str, weights: str | None,
-                   log) -> dict:
-    run_dir = work / "runs" / key
+def train_run(config: Path, common: list[str], work: Path, key: str, name: str, weights: str | None, lr: float,
+              log) -> dict:
+    """One backbone at one learning rate, scored on val only (the sweep's selection split)."""
+    run_dir = work / "runs" / key / f"lr{lr:g}"
     shutil.rmtree(run_dir, ignore_errors=True)
     for dep in DEPENDENCIES["highlevel"]:  # the teacher trained once, reused by every row
         target = run_dir / "stages" / dep / "final.safetensors"
         target.parent.mkdir(parents=True)
         shutil.copy2(work / "runs" / "teacher" / "stages" / dep / "final.safetensors", target)
-    overrides = [*common, f"run_dir={run_dir}", "train.stage=highlevel", *row_overrides(name, weights)]
+    overrides = [*common, f"run_dir={run_dir}", "train.stage=highlevel", f"train.highlevel.lr={lr}",
+                 *row_overrides(name, weights)]
     cfg = load_config(config, overrides)
-    row = {"backbone": name, "family": "foundation" if name in FOUNDATION else "classic",
-           "init": f"pretrained: {weights}" if weights else "random", "overrides": overrides[len(common):]}
-    log(f"{key}: training the highlevel stage ...")
+    log(f"{key} at lr {lr:g}: training the highlevel stage ...")
     started = time.perf_counter()
     try:
         train(cfg)
-    except Exception as exc:  # one backbone failing must not lose the others' rows
-        log(f"{key}: FAILED: {type(exc).__name__}: {exc}")
-        return {**row, "error": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:  # one run failing must not lose the others
+        log(f"{key} at lr {lr:g}: FAILED: {type(exc).__name__}: {exc}")
+        return {"lr": lr, "error": f"{type(exc).__name__}: {exc}"}
     seconds = time.perf_counter() - started
     drop_checkpoints(run_dir)
+    val = classifier_scores(cfg, "val")
+    return {"lr": lr, "cfg": cfg, "overrides": overrides[len(common):], "val_top1": val.correct / val.trials,
+            "val_correct": val.correct, "val_trials": val.trials, "train_wall_s": round(seconds, 1),
+            "throughput": summarize(read_stats(run_dir, "highlevel"), cfg.data.batch_size * cfg.train.grad_accum)}
+
+
+def train_backbone(config: Path, common: list[str], work: Path, key: str, name: str, weights: str | None,
+                   lrs: list[float], log) -> dict:
+    """A row: the backbone trained at every learning rate, the one with the best val top-1 (the first
+    of a tie) scored once on test."""
+    row = {"backbone": name, "family": "foundation" if name in FOUNDATION else "classic",
+           "init": f"pretrained: {weights}" if weights else "random"}
+    runs = [train_run(config, common, work, key, name, weights, lr, log) for lr in lrs]
+    sweep = {f"{run['lr']:g}": ({"error": run["error"]} if "error" in run else
+                                {k: run[k] for k in ("val_top1", "val_correct", "val_trials", "train_wall_s")})
+             for run in runs}
+    trained = [run for run in runs if "error" not in run]
+    if not trained:
+        return {**row, "lr_sweep": sweep, "error": runs[0]["error"]}
+    best = max(trained, key=lambda run: run["val_top1"])  # max keeps the first of equals
+    cfg = best["cfg"]
     geo = Geometry(cfg.data, Manifest.for_data(cfg.data).selected_info)
     encoder = build_highlevel(cfg.model, geo)
     scores = classifier_scores(cfg)
     chance = chance_level(scores.label_counts, scores.choices)
-    throughput = summarize(read_stats(run_dir, "highlevel"), cfg.data.batch_size * cfg.train.grad_accum)
-    return {**row, "params": sum(p.numel() for p in encoder.parameters()),
+    return {**row, "overrides": best["overrides"], "lr_sweep": sweep, "selected_lr": best["lr"],
+            "params": sum(p.numel() for p in encoder.parameters()),
             "backbone_params": sum(p.numel() for p in encoder.backbone.parameters()),
             "eeg_top1": scores.correct / scores.trials, "correct": scores.correct, "trials": scores.trials,
             "test_label_counts": scores.label_counts, "chance": chance,
             "p_value": binomial_p_value(scores.correct, scores.trials, chance),
-            "samples_per_s": throughput["samples_per_s"], "throughput": throughput,
-            "train_wall_s": round(seconds, 1), "input": encoder_inputs(cfg.model, geo)["highlevel"]}
+            "samples_per_s": best["throughput"]["samples_per_s"], "throughput": best["throughput"],
+            "train_wall_s": best["train_wall_s"], "input": encoder_inputs(cfg.model, geo)["highlevel"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", nargs="+", default=[], metavar="NAME=DIR",
                         help="extra rows: NAME started from a local save_pretrained directory")
     parser.add_argument("--steps", type=int, help=f"highlevel steps per backbone (default {FULL['steps']})")
+    parser.add_argument("--lrs", type=float, nargs="+", help=f"highlevel learning rates swept per backbone, "
+                        f"selected on val top-1 (default {' '.join(map(str, FULL['lrs']))})")
     parser.add_argument("--teacher-steps", type=int, help=f"teacher steps, once (default {FULL['teacher_steps']})")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench" / "encoders",
                         help="corpus (written once, reused), the teacher's run and one run per backbone")
@@ -146,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = QUICK if args.quick else FULL
     steps, teacher_steps = args.steps or mode["steps"], args.teacher_steps or mode["teacher_steps"]
     backbones = mode["backbones"] if args.quick else args.backbones
+    lrs = args.lrs or mode["lrs"]
     if steps < 2 * WINDOWS:
         parser.error(f"--steps must be at least {2 * WINDOWS}: {WINDOWS} logging windows of at least 2 steps")
     weights = dict(item.split("=", 1) for item in args.weights)
@@ -167,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     drop_checkpoints(work / "runs" / "teacher")
     rows = {}
     for key, name, path in [*((b, b, None) for b in backbones), *((f"{n}_pretrained", n, d) for n, d in weights.items())]:
-        rows[key] = train_backbone(config, common, work, key, name, path, log)
+        rows[key] = train_backbone(config, common, work, key, name, path, lrs, log)
     cfg = load_config(config, common)
     report = {
         "benchmark": "encoders", "mode": "quick" if args.quick else "full", "date": machine["date"],
@@ -176,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
                      "overrides_common": common, "split_by": "image", "seed": cfg.train.seed,
                      "teacher_steps": teacher_steps, "highlevel_steps": steps, "batch_size": cfg.data.batch_size,
+                     "lrs": lrs, "selection": "per backbone, the learning rate with the highest val top-1 (the first "
+                                              "of a tie); test scored once, for that one",
                      "ranks": 1, "training": "eeg2im_scale.train.run.run in this process, one rank",
                      "foundation_kwargs": FOUNDATION, "channel_map": CHANNEL_MAP,
                      "weights": "random initialisation unless a row's init names a directory: pretrained weights "
@@ -187,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "images_disjoint": True},
                      "teacher_train_s": round(teacher_s, 1), "resolved": to_dict(cfg)},
         "method": "teacher stage trained once and its export copied into every backbone's run; train.stage=highlevel "
-                  "with the same seed, steps and corpus; EEG top-1 of the class head on the test split of "
+                  "with the same seed, steps and corpus at each learning rate of the sweep, the one with the best "
+                  "val top-1 kept (val images are neither trained on nor tested); EEG top-1 of its class head on the "
+                  "test split of "
                   "data.split_by=image (no test image trained on), chance = share of the most frequent test class "
                   "(at least 1/classes), one-sided binomial p; samples/s from stats.jsonl, first of 3 windows "
                   "discarded",
@@ -199,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, row in rows.items():
         print(f"{key:<22}" + (row["error"] if "error" in row else
                               f"{row['params']:>9} params  top-1 {row['eeg_top1']:.3f} (chance {row['chance']:.3f}, "
-                              f"p {row['p_value']:.3g})  {row['samples_per_s']:.1f} samples/s"))
+                              f"p {row['p_value']:.3g}) at lr {row['selected_lr']:g}  {row['samples_per_s']:.1f} samples/s"))
     print(f"wrote {args.out} ({report['runtime_s']} s)")
     return 1 if any("error" in row for row in rows.values()) else 0
 

@@ -423,7 +423,8 @@ def encoders_section(data: dict) -> list[str]:
            f"{corpus['time_points']} EEG at {corpus['sfreq']:g} Hz, class SNR {corpus['class_snr']}), by-image split "
            f"({corpus['test_images']} test images, none trained on). Method: {data['method']}; "
            f"{settings['teacher_steps']} teacher steps once, {settings['highlevel_steps']} highlevel steps per "
-           f"backbone, batch {settings['batch_size']}, seed {settings['seed']}, one rank on "
+           f"backbone and learning rate ({', '.join(f'{lr:g}' for lr in settings['lrs'])}; {settings['selection']}), "
+           f"batch {settings['batch_size']}, seed {settings['seed']}, one rank on "
            f"{data['machine']['torch_threads']} CPU threads. Foundation models at a small size (`backbone_kwargs` in "
            f"the JSON), {settings['weights']}.", ""]
     if data.get("mode") == "quick":
@@ -431,13 +432,16 @@ def encoders_section(data: dict) -> list[str]:
     rows = []
     for key, row in data["rows"].items():
         if "error" in row:
-            rows.append([f"`{key}`", row["family"], "–", "–", "–", "–", "–", f"failed: {row['error'][:80]}"])
+            rows.append([f"`{key}`", row["family"], "–", "–", "–", "–", "–", "–", f"failed: {row['error'][:80]}"])
             continue
         rows.append([f"`{key}`", row["family"] + ("" if row["init"] == "random" else ", pretrained"),
-                     f"{row['params']:,}", f"{row['eeg_top1']:.3f} ({row['correct']}/{row['trials']})",
+                     f"{row['params']:,}",
+                     f"{row['selected_lr']:g} ({row['lr_sweep'][format(row['selected_lr'], 'g')]['val_top1']:.3f})",
+                     f"{row['eeg_top1']:.3f} ({row['correct']}/{row['trials']})",
                      f"{row['chance']:.3f}", f"{row['p_value']:.2g}", f"{row['samples_per_s']:.1f}",
                      _adaptation(row["input"])])
-    return out + _table(["backbone", "family", "params", "EEG top-1", "chance", "p", "samples/s", "input adaptation"],
+    return out + _table(["backbone", "family", "params", "lr (val top-1)", "EEG top-1", "chance", "p", "samples/s",
+                         "input adaptation"],
                         rows) + [""]
 
 

@@ -257,6 +257,10 @@ def test_quick_encoders_benchmark_scores_a_classic_and_a_foundation_backbone_by_
         assert 0 < row["p_value"] <= 1 and positive(row["samples_per_s"])
         assert row["throughput"]["steps_measured"] == 4  # 6 steps, windows of 2, the first discarded
         assert f"model.highlevel.backbone={key}" in row["overrides"]
+        sweep = row["lr_sweep"]  # selected on val, the first of a tie; test scored for that run only
+        assert set(sweep) == {"0.003", "0.001"} and all(0 <= run["val_top1"] <= 1 for run in sweep.values())
+        best = max(sweep, key=lambda lr: sweep[lr]["val_top1"])
+        assert row["selected_lr"] == float(best) and f"train.highlevel.lr={row['selected_lr']}" in row["overrides"]
     assert rows["EEGNet"]["input"]["adapted"] is False
     labram = rows["Labram"]["input"]
     assert labram["adapted"] and labram["sfreq"]["to"] == 200.0 and labram["channels"]["renamed"]["A1"] == "CZ"
@@ -272,3 +276,4 @@ def test_quick_encoders_benchmark_scores_a_classic_and_a_foundation_backbone_by_
     (results / "encoders.json").write_text(json.dumps(result))
     table = render(results)
     assert "| `Labram` | foundation |" in table and "250→200 Hz" in table and "| `EEGNet` | classic |" in table
+    assert f"| {rows['EEGNet']['selected_lr']:g} (" in table  # the selected learning rate and its val top-1
