@@ -176,45 +176,53 @@ TWO_RANK_RUNS = {"Labram": ("lora", 2), "BIOT": ("frozen", 2), "EEGPT": ("lora",
 
 
 def test_every_foundation_model_trains_from_local_weights_on_two_ranks_halts_resumes_and_exports(corpus, tmp_path):
-    """The low-level stage (it needs no earlier stage) of each tiny foundation model, started from a
-    local ``save_pretrained`` directory, on 2 ranks in one DeepSpeed launch (tests/train_runs.py): halted
-    after 2 of 4 steps and resumed (LoRA adapters are rebuilt on resume: the risky case), then exported
-    as a plain backbone (LoRA merged) that every later build loads."""
+    """The high-level stage of each tiny foundation model, started from a local ``save_pretrained``
+    directory, on 2 ranks in one DeepSpeed launch (tests/train_runs.py): halted after 2 of 4 steps and
+    resumed (LoRA adapters are rebuilt on resume: the risky case), then exported as a plain backbone
+    (LoRA merged) that every later build loads. The stage's teacher is an untrained export written here."""
     from test_train import BIN, _port, stats
 
     from eeg2im_scale.data.manifest import Manifest
+    from eeg2im_scale.models.teacher import Teacher
     from eeg2im_scale.train.stages import stage_weights
 
-    geo = Geometry(load_config(CONFIG).data, Manifest(corpus).info)
+    base = load_config(CONFIG)
+    geo = Geometry(base.data, Manifest(corpus).info)
+    teacher = tmp_path / "teacher.safetensors"
+    save_file({f"teacher.{k}": v.contiguous() for k, v in
+               Teacher(base.model.teacher, geo.num_classes).state_dict().items()}, str(teacher))
     runs, configs = [], {}
     for backbone, (mode, zero) in TWO_RANK_RUNS.items():
-        model_cfg, weights = _model_cfg(backbone)[1], tmp_path / backbone / "weights"
-        build_lowlevel(model_cfg, geo)[1].backbone.save_pretrained(weights)
         kwargs = "{" + ", ".join(f"{k}: {v}" for k, v in TINY[backbone].items()) + "}"
-        overrides = ["--config", CONFIG, f"run_dir={tmp_path / backbone / 'run'}", f"data.root={corpus}",
-                     "train.stage=lowlevel", "train.lowlevel.steps=4", "train.checkpoint_every=2", "train.log_every=1",
-                     f"train.zero_stage={zero}", f"model.lowlevel.backbone={backbone}",
-                     f"model.lowlevel.backbone_kwargs={kwargs}", f"model.lowlevel.backbone_weights={weights}",
-                     f"model.lowlevel.backbone_channel_map={NEAREST if backbone == 'Labram' else 'null'}",
-                     f"model.lowlevel.finetune={mode}", "model.lowlevel.lora.r=2"]
-        for argv in ([*overrides, "train.halt_after=2"], [*overrides, "--resume"]):
-            runs.append({"port": _port(), "argv": argv})
-        configs[backbone] = load_config(CONFIG, overrides[2:])
+        overrides = [f"run_dir={tmp_path / backbone / 'run'}", f"data.root={corpus}", "train.stage=highlevel",
+                     "train.highlevel.steps=4", "train.checkpoint_every=2", "train.log_every=1",
+                     f"train.zero_stage={zero}", f"model.highlevel.backbone={backbone}",
+                     f"model.highlevel.backbone_kwargs={kwargs}",
+                     f"model.highlevel.backbone_channel_map={NEAREST if backbone == 'Labram' else 'null'}",
+                     f"model.highlevel.finetune={mode}", "model.highlevel.lora.r=2"]
+        weights = tmp_path / backbone / "weights"
+        build_highlevel(load_config(CONFIG, overrides).model, geo).backbone.save_pretrained(weights)
+        overrides.append(f"model.highlevel.backbone_weights={weights}")
+        configs[backbone] = cfg = load_config(CONFIG, overrides)
+        stage_weights(cfg, "teacher").parent.mkdir(parents=True)
+        os.link(teacher, stage_weights(cfg, "teacher"))
+        for extra in ("train.halt_after=2", "--resume"):
+            runs.append({"port": _port(), "argv": ["--config", CONFIG, *overrides, extra]})
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     command = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port()), "tests/train_runs.py",
                str(tmp_path / "runs.json")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
-    resumed = (result.stdout + result.stderr).count("stage lowlevel resumed at step 2")
+    resumed = (result.stdout + result.stderr).count("stage highlevel resumed at step 2")
     assert resumed == len(TWO_RANK_RUNS) * 2, resumed  # each run, each rank
     for backbone, (mode, zero) in TWO_RANK_RUNS.items():
         cfg = configs[backbone]
-        assert [r["step"] for r in stats(Path(cfg.run_dir), "lowlevel")] == [1, 2, 3, 4], backbone
-        export = load_file(str(stage_weights(cfg, "lowlevel")))
+        assert [r["step"] for r in stats(Path(cfg.run_dir), "highlevel")] == [1, 2, 3, 4], backbone
+        export = load_file(str(stage_weights(cfg, "highlevel")))
         assert not [k for k in export if "lora_" in k or "base_layer" in k], backbone
-        saved = {f"encoder.backbone.{k}": v for k, v in
-                 load_file(str(tmp_path / backbone / "weights" / "model.safetensors")).items()}
+        saved = {f"encoder.backbone.{k}": v for k, v in load_file(str(tmp_path / backbone / "weights" /
+                                                                      "model.safetensors")).items()}
         assert saved.keys() <= export.keys(), backbone
         changed = {k for k, v in saved.items() if not torch.equal(export[k], v)}
         head = {k for k in saved if k.startswith("encoder.backbone.final_layer.")}
@@ -222,7 +230,7 @@ def test_every_foundation_model_trains_from_local_weights_on_two_ranks_halts_res
             assert changed == head, (backbone, changed)
         else:  # adapters merged into linear weights; LoRA never changes a bias
             assert head < changed and all(k.endswith(".weight") for k in changed - head), (backbone, changed)
-        plain = build_lowlevel(cfg.model, geo)[1]  # as the diffusion stage builds it: no weights, no peft
+        plain = build_highlevel(cfg.model, geo)  # as the diffusion stage builds it: no weights, no peft
         plain.load_state_dict({k[len("encoder."):]: v for k, v in export.items() if k.startswith("encoder.")})
 
 
