@@ -149,11 +149,13 @@ def evaluate_once(release: Path, processes: int, overrides: list[str], out: Path
             "load_average_1min_after": round(os.getloadavg()[0], 2), "fid": fid}
 
 
-def whole_evaluation(settings: dict, work_dir: Path) -> dict:
-    """1 vs 2 processes on the same release and overrides; the fastest of ``repeats`` runs each."""
+def whole_evaluation(settings: dict, work_dir: Path, release: Path | None = None) -> dict:
+    """1 vs 2 processes on the same release and overrides; the fastest of ``repeats`` runs each.
+    ``release``: a tiny release trained elsewhere (ROOT/corpus, ROOT/run/model), else one is trained."""
     start = time.perf_counter()
-    release = train_release(work_dir, TRAIN_STEPS)
-    result = {"config": CONFIG, "train_steps_per_stage": TRAIN_STEPS,
+    trained_here = release is None
+    release = train_release(work_dir, TRAIN_STEPS) if trained_here else release
+    result = {"config": CONFIG, "train_steps_per_stage": TRAIN_STEPS if trained_here else "given (--release)",
               "release_dir": str(release), "release_train_s": time.perf_counter() - start,
               "overrides": settings["eval"], "repeats": settings["repeats"],
               "wall_time_includes": "interpreter start-up, imports, model loading, evaluation, writing outputs"}
@@ -191,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one repeat")
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_eval"),
                         help="where the tiny release is trained (reused) and evaluations are written")
+    parser.add_argument("--release", type=Path, help=f"evaluate this release of {CONFIG} (ROOT/corpus, "
+                        "ROOT/run/model) instead of training one")
     args = parser.parse_args(argv)
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "mode": mode, "settings": settings, "machine": machine_info("torch-fidelity")}
     result["feature_extraction"] = feature_extraction(settings, work_dir)
-    result["whole_evaluation"] = whole_evaluation(settings, work_dir)
+    result["whole_evaluation"] = whole_evaluation(settings, work_dir, args.release)
     result["total_wall_s"] = time.perf_counter() - started
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -61,6 +61,40 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """The tiny tensors gain nothing from more intra-op threads, and on a busy 2-core machine
+    spinning OpenMP workers made a tiny training 4× slower. OMP_NUM_THREADS stops init_distributed
+    from raising the count again."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("OMP_NUM_THREADS", "1")
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory) -> Path:
+    """ROOT/corpus, ``tests/configs/tiny_train.yaml``'s synthetic corpus, and ROOT/run, every stage
+    trained 2 steps on one rank in this process, its release in ROOT/run/model. Trained once for
+    all the tests that only read a release: copy what a test changes."""
+    from eeg2im_scale.config import STAGES, load_config
+    from eeg2im_scale.data.corpus import write_synthetic
+    from eeg2im_scale.train.command import main as train_main
+
+    config, root = "tests/configs/tiny_train.yaml", tmp_path_factory.mktemp("tiny_release")
+    write_synthetic(load_config(config).synth, root / "corpus")
+    with one_thread():
+        assert train_main(["--config", config, f"run_dir={root / 'run'}", f"data.root={root / 'corpus'}",
+                           "train.log_every=1", *(f"train.{s}.steps=2" for s in STAGES)]) == 0
+    return root
+
+
 @pytest.fixture(scope="session")
 def random_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("random_corpus")

@@ -19,11 +19,11 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
-def run_quick(script: str, tmp_path: Path, timeout: int = 600) -> tuple[dict, subprocess.CompletedProcess]:
-    """Run ``benchmarks/<script> --quick`` into ``tmp_path``; its JSON and the finished process."""
+def run_quick(script: str, tmp_path: Path, timeout: int = 600, *args: str) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run ``benchmarks/<script> --quick [args]`` into ``tmp_path``; its JSON and the finished process."""
     out = tmp_path / "result.json"
     command = [sys.executable, str(BENCHMARKS / script), "--quick", "--out", str(out), "--work-dir",
-               str(tmp_path / "work")]
+               str(tmp_path / "work"), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(out.read_text()), done
@@ -86,8 +86,8 @@ def test_quick_train_benchmark_reports_every_figure(tmp_path):
     assert "samples/s" in done.stdout and "ranks2_zero2" in done.stdout  # the human-readable table
 
 
-def test_quick_eval_benchmark_reports_every_figure(tmp_path):
-    result, done = run_quick("eval_throughput.py", tmp_path)
+def test_quick_eval_benchmark_reports_every_figure(tmp_path, tiny_release):
+    result, done = run_quick("eval_throughput.py", tmp_path, 600, "--release", str(tiny_release))
 
     features = result["feature_extraction"]
     for name in ("images", "batch_size", "torch_threads", "ours_images_per_s", "ours_wall_s",
@@ -112,8 +112,10 @@ def test_quick_eval_benchmark_reports_every_figure(tmp_path):
     assert "images/s" in done.stdout and "speed-up" in done.stdout  # the human-readable table
 
 
-def test_quick_ablation_benchmark_reports_every_method_and_variant(tmp_path):
-    result, done = run_quick("ablation.py", tmp_path)
+def test_quick_ablation_benchmark_reports_every_variant_and_both_methods_configs(tmp_path):
+    """One method trained and evaluated (the other runs the same code with two overrides: both
+    methods' resolved configs are compared without training)."""
+    result, done = run_quick("ablation.py", tmp_path, 600, "--methods", "ours")
 
     methods = ("paper", "ours")
     variants = ("multilevel", "highlevel_only", "lowlevel_only")
@@ -121,46 +123,62 @@ def test_quick_ablation_benchmark_reports_every_method_and_variant(tmp_path):
                "saturation_error", "brightness_error")
     assert result["mode"] == "quick" and result["complete"] and result["settings"]["seeds"] == [0]
     assert result["environment"]["date"] and result["environment"]["torch"] and result["environment"]["deepspeed"]
-    differences = result["configs"]["differences"]
-    assert result["method"] and differences["model.diffusion.condition_on"] == {
+    ablation = _benchmark_module("ablation")
+    plan = ablation.Plan(seeds=[0], nproc=1, work_dir=tmp_path / "work", quick=True, user_overrides=[])
+    differences = ablation.config_differences(plan, Path(result["settings"]["corpus"]["root"]))
+    assert differences["model.diffusion.condition_on"] == {
         f"{m}/{v}": c for m in methods for v, c in zip(variants, ("multilevel", "highlevel", "lowlevel"))}
     for head in ("colour_layout_weight", "colour_distribution_weight"):  # the paper's encoder has no colour heads
         assert {run: w > 0 for run, w in differences[f"model.lowlevel.{head}"].items()} == {
             f"{m}/{v}": m == "ours" for m in methods for v in variants}
-    assert set(result["runs"]) == set(result["summary"]) == set(methods)
-    for method in methods:
-        runs = result["runs"][method]["seed0"]
-        assert set(runs) == set(variants)
-        for variant, run in runs.items():
-            assert "error" not in run, (method, variant, run)
-            assert run["method"] == method and run["train_stage"] == ("all" if variant == "multilevel" else "diffusion")
-            assert f"/{method}/seed0/" in run["run_dir"]
-            assert positive(run["train_wall_s"]) and positive(run["eval_wall_s"])
-            assert run["eval_protocol"]["split"] == "test" and run["eval_protocol"]["trials"] == 6
-            for name in metrics:
-                assert 0 <= run["metrics"][name] <= 1, (method, variant, name, run["metrics"])
-        teacher = runs["multilevel"]["teacher"]
-        assert 0 <= teacher["test_n_way_top_k"] <= 1 and 0 <= teacher["val_accuracy"] <= 1
-        assert teacher["test_images"] == 6
+    assert result["configs"]["differences"] == {  # the report's: the method it ran
+        key: {run: value for run, value in runs.items() if run.startswith("ours/")} for key, runs in differences.items()
+        if len({json.dumps(v) for run, v in runs.items() if run.startswith("ours/")}) > 1}
+    assert set(result["runs"]) == set(result["summary"]) == {"ours"}
+    runs = result["runs"]["ours"]["seed0"]
+    assert set(runs) == set(variants)
+    for variant, run in runs.items():
+        assert "error" not in run, (variant, run)
+        assert run["method"] == "ours" and run["train_stage"] == ("all" if variant == "multilevel" else "diffusion")
+        assert "/ours/seed0/" in run["run_dir"]
+        assert positive(run["train_wall_s"]) and positive(run["eval_wall_s"])
+        assert run["eval_protocol"]["split"] == "test" and run["eval_protocol"]["trials"] == 6
+        for name in metrics:
+            assert 0 <= run["metrics"][name] <= 1, (variant, name, run["metrics"])
+    teacher = runs["multilevel"]["teacher"]
+    assert 0 <= teacher["test_n_way_top_k"] <= 1 and 0 <= teacher["val_accuracy"] <= 1
+    assert teacher["test_images"] == 6
 
-        summary = result["summary"][method]
-        for variant in variants:
-            for name in metrics:
-                figures = summary["metrics"][variant][name]
-                assert figures["n"] == 1 and figures["std"] is None and set(figures["per_seed"]) == {"seed0"}
-        assert summary["eeg_top1_identical_within_seed"] is True  # the encoders are shared within a seed
-        for name in ("colour_hist_distance", "hue_emd", "hue_error", "saturation_error", "brightness_error"):
-            assert summary["paired_multilevel_minus_highlevel_only"][name]["seeds"] == 1
-        assert summary["verdict"].startswith("multilevel beats highlevel_only on colour fidelity: inconclusive")
-        assert summary["verdict"] in done.stdout  # the human-readable summary
+    summary = result["summary"]["ours"]
+    for variant in variants:
+        for name in metrics:
+            figures = summary["metrics"][variant][name]
+            assert figures["n"] == 1 and figures["std"] is None and set(figures["per_seed"]) == {"seed0"}
+    assert summary["eeg_top1_identical_within_seed"] is True  # the encoders are shared within a seed
+    for name in ("colour_hist_distance", "hue_emd", "hue_error", "saturation_error", "brightness_error"):
+        assert summary["paired_multilevel_minus_highlevel_only"][name]["seeds"] == 1
+    assert summary["verdict"].startswith("multilevel beats highlevel_only on colour fidelity: inconclusive")
+    assert summary["verdict"] in done.stdout  # the human-readable summary
 
     # --resume keeps every evaluated run of the same mode, corpus and config: nothing is retrained
     out = tmp_path / "result.json"
-    again = subprocess.run([sys.executable, str(BENCHMARKS / "ablation.py"), "--quick", "--resume", "--out", str(out),
-                            "--work-dir", str(tmp_path / "work")], capture_output=True, text=True, timeout=300)
+    again = subprocess.run([sys.executable, str(BENCHMARKS / "ablation.py"), "--quick", "--resume", "--methods", "ours",
+                            "--out", str(out), "--work-dir", str(tmp_path / "work")],
+                           capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("kept from") == 6 and "training" not in again.stderr
+    assert again.stderr.count("kept from") == 3 and "training" not in again.stderr
     assert json.loads(out.read_text())["runs"] == result["runs"]
+
+
+def _benchmark_module(name: str):
+    """``benchmarks/<name>.py`` imported (they are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_bench_all_quick_runs_the_registry_and_plots(tmp_path):

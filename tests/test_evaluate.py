@@ -13,8 +13,6 @@ import pytest
 
 from eeg2im_scale.cli.main import main as cli_main
 from eeg2im_scale.config import load_config
-from eeg2im_scale.data.corpus import write_synthetic
-from eeg2im_scale.train.command import main as train_main
 
 CONFIG = "tests/configs/tiny_train.yaml"
 EVAL = ["eval.random_inception=true", "eval.images_per_trial=2", "eval.batch_size=4", "eval.sample_steps=2",
@@ -22,13 +20,8 @@ EVAL = ["eval.random_inception=true", "eval.images_per_trial=2", "eval.batch_siz
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluate")
-    write_synthetic(load_config(CONFIG).synth, root / "corpus")
-    steps = [f"train.{s}.steps=2" for s in ("teacher", "lowlevel", "highlevel", "diffusion")]
-    assert train_main(["--config", CONFIG, f"run_dir={root / 'run'}", f"data.root={root / 'corpus'}",
-                       "train.log_every=1", *steps]) == 0
-    return root
+def release(tiny_release):
+    return tiny_release
 
 
 def free_port() -> int:

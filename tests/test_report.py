@@ -1,20 +1,17 @@
 """The HTML run report, built from a real tiny run (trained on 1 rank in-process, then evaluated)."""
 
 import base64
-import contextlib
 import json
 import re
 import shutil
 
 import pytest
-import torch
 
+from conftest import one_thread
 from eeg2im_scale.cli.main import main as cli_main
-from eeg2im_scale.config import STAGES, load_config
-from eeg2im_scale.data.corpus import write_synthetic
+from eeg2im_scale.config import STAGES
 from eeg2im_scale.eval.report import main as report_main
 from eeg2im_scale.eval.report import write_report
-from eeg2im_scale.train.command import main as train_main
 
 CONFIG = "tests/configs/tiny_train.yaml"
 EVAL = ["eval.random_inception=true", "eval.max_trials=8", "eval.images_per_trial=2", "eval.batch_size=4",
@@ -24,32 +21,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A run directory as `make quickstart` + `eeg2im evaluate` leave it (the evaluation in RUN_DIR/eval)."""
-    root = tmp_path_factory.mktemp("report")
-    write_synthetic(load_config(CONFIG).synth, root / "corpus")
-    steps = [f"train.{s}.steps=2" for s in STAGES]
+def run(tmp_path_factory, tiny_release):
+    """A run directory as `make quickstart` + `eeg2im evaluate` leave it (the evaluation in RUN_DIR/eval):
+    a copy of the session's tiny run (its resumable checkpoints left out), evaluated."""
+    run = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(tiny_release / "run", run, ignore=shutil.ignore_patterns("checkpoints"))
     with one_thread():
-        assert train_main(["--config", CONFIG, f"run_dir={root / 'run'}", f"data.root={root / 'corpus'}",
-                           "train.log_every=1", *steps]) == 0
-        assert cli_main(["evaluate", "--config", CONFIG, "--checkpoint", str(root / "run" / "model"),
-                         "--out", str(root / "run" / "eval"), f"data.root={root / 'corpus'}", *EVAL]) == 0
-    return root / "run"
-
-
-@contextlib.contextmanager
-def one_thread():
-    """The tiny tensors gain nothing from more intra-op threads, and on a busy 2-core machine
-    spinning OpenMP workers made the fixture 4× slower. OMP_NUM_THREADS stops init_distributed
-    from raising the count again."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("OMP_NUM_THREADS", "1")
-            yield
-    finally:
-        torch.set_num_threads(threads)
+        assert cli_main(["evaluate", "--config", CONFIG, "--checkpoint", str(run / "model"), "--out", str(run / "eval"),
+                         f"data.root={tiny_release / 'corpus'}", *EVAL]) == 0
+    return run
 
 
 def embedded_pngs(html: str) -> list[bytes]:
