@@ -6,6 +6,7 @@ import contextlib
 import functools
 import http.server
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -89,9 +90,14 @@ def tiny_release(tmp_path_factory) -> Path:
 
     config, root = "tests/configs/tiny_train.yaml", tmp_path_factory.mktemp("tiny_release")
     write_synthetic(load_config(config).synth, root / "corpus")
+    environment = dict(os.environ)
     with one_thread():
-        assert train_main(["--config", config, f"run_dir={root / 'run'}", f"data.root={root / 'corpus'}",
-                           "train.log_every=1", *(f"train.{s}.steps=2" for s in STAGES)]) == 0
+        try:
+            assert train_main(["--config", config, f"run_dir={root / 'run'}", f"data.root={root / 'corpus'}",
+                               "train.log_every=1", *(f"train.{s}.steps=2" for s in STAGES)]) == 0
+        finally:  # the one-process group's RANK, MASTER_PORT...: jobs launched later must not inherit them
+            os.environ.clear()
+            os.environ.update(environment)
     return root
 
 
