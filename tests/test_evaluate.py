@@ -104,7 +104,7 @@ def test_one_two_and_three_processes_give_identical_metrics(release, tmp_path):
     so the comparison can be exact: any order effect on IS splits, KID subsets or n-way draws shows."""
     model = str(release / "run" / "model")
     accelerate = Path(sys.executable).parent / "accelerate"
-    # this process's own rendezvous (left by the fixture's training) must not reach the launched jobs
+    # a rendezvous left in this process by an earlier in-process run must not reach the launched jobs
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
                                                             "MASTER_ADDR", "MASTER_PORT")}
     runs = {}
