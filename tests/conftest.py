@@ -62,6 +62,19 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+def benchmark_module(name: str):
+    """``benchmarks/<name>.py`` imported (they are scripts, not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "benchmarks"
+                                                  / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 @contextlib.contextmanager
 def one_thread():
     """The tiny tensors gain nothing from more intra-op threads, and on a busy 2-core machine

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import benchmark_module
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 WORKERS = ("workers_0", "workers_1", "workers_2")
 STAGES = ("teacher", "lowlevel", "highlevel", "diffusion")
@@ -123,7 +125,7 @@ def test_quick_ablation_benchmark_reports_every_variant_and_both_methods_configs
                "saturation_error", "brightness_error")
     assert result["mode"] == "quick" and result["complete"] and result["settings"]["seeds"] == [0]
     assert result["environment"]["date"] and result["environment"]["torch"] and result["environment"]["deepspeed"]
-    ablation = _benchmark_module("ablation")
+    ablation = benchmark_module("ablation")
     plan = ablation.Plan(seeds=[0], nproc=1, work_dir=tmp_path / "work", quick=True, user_overrides=[])
     differences = ablation.config_differences(plan, Path(result["settings"]["corpus"]["root"]))
     assert differences["model.diffusion.condition_on"] == {
@@ -168,17 +170,6 @@ def test_quick_ablation_benchmark_reports_every_variant_and_both_methods_configs
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("kept from") == 3 and "training" not in again.stderr
     assert json.loads(out.read_text())["runs"] == result["runs"]
-
-
-def _benchmark_module(name: str):
-    """``benchmarks/<name>.py`` imported (they are scripts, not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bench_all_quick_runs_the_registry_and_plots(tmp_path):
@@ -285,9 +276,7 @@ def test_quick_encoders_benchmark_scores_a_classic_and_a_foundation_backbone_by_
     assert rows["EEGNet"]["test_label_counts"] == rows["Labram"]["test_label_counts"]  # same corpus and split
     assert positive(result["machine"]["cpu_count"]) and "samples/s" in done.stdout
 
-    from test_cli import _render_readme_module
-
-    render = _render_readme_module().render  # the README section: optional, rendered from this JSON
+    render = benchmark_module("render_readme").render  # the README section: optional, rendered from this JSON
     assert "EEG encoders" not in render(tmp_path / "work")
     results = tmp_path / "results"
     results.mkdir()

@@ -9,6 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import benchmark_module
+
 from eeg2im_scale.cli.main import main
 
 TINY = ["--num-samples", "96", "--num-classes", "3", "--num-subjects", "3", "--samples-per-shard", "12",
@@ -81,18 +83,8 @@ def test_report_command_is_wired_and_explains_a_missing_run(tmp_path, capsys):
     assert "no_such_run" in capsys.readouterr().err
 
 
-def _render_readme_module():
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "render_readme.py"
-    spec = importlib.util.spec_from_file_location("render_readme", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_readme_gpu_section_shows_each_configuration_once_and_failures_with_a_reason():
-    render_readme = _render_readme_module()
+    render_readme = benchmark_module("render_readme")
     data = json.loads((render_readme.RESULTS / "gpu_diffusion.json").read_text())
     lines = render_readme.gpu_section(data)
     configurations = {render_readme._gpu_config(r) for r in data["results"]}
@@ -105,7 +97,7 @@ def test_readme_gpu_section_shows_each_configuration_once_and_failures_with_a_re
 
 
 def test_readme_ablation_section_only_when_its_file_exists_and_flags_quick_mode(tmp_path):
-    render_readme = _render_readme_module()
+    render_readme = benchmark_module("render_readme")
     assert "ablation" not in render_readme.render(tmp_path)  # absent: no placeholder
     stats = {"mean": 0.5, "std": None, "n": 1, "per_seed": {"seed0": 0.5}}
     metrics = ["eeg_top1", "generated_n_way_top_k", "colour_hist_distance", "hue_emd", "hue_error",
