@@ -363,7 +363,8 @@ def remote_section(data: dict) -> list[str]:
            f"{synth['image_size']} px images, {synth['samples_per_shard']} samples per shard) read from local disk "
            f"and from {settings['server']} (`data.root=http://...`), streamed or through the shard cache "
            f"(`data.cache_dir`: the first epoch fills it, the next reads it); median of {settings['rounds']} "
-           "rounds, sources alternating. Loopback has no network latency: the fraction is the cost of the remote "
+           "rounds, sources alternating within a round; the fraction of local is the median of the ratios within a "
+           "round (their range in brackets). Loopback has no network latency: the fraction is the cost of the remote "
            f"code path, not of a network. Load average on the shared 2-core machine "
            f"{data['machine'].get('load_average_1min_at_start')} at the start, "
            f"{data['machine'].get('load_average_1min_at_end')} at the end; cores: {settings.get('cores', 'shared')} "
@@ -373,7 +374,11 @@ def remote_section(data: dict) -> list[str]:
         out += ["*Smoke-test numbers (`--quick`): they only show that the benchmark runs.*", ""]
     labels = {"local": "local disk", "http": "HTTP, streamed", "http_cache_cold": "HTTP, filling the cache",
               "http_cache_warm": "HTTP, from the cache"}
-    rows = [[workers, labels[source], f"{r['samples_per_s']:.0f}", f"{r['mb_per_s']:.1f}", f"{r['fraction_of_local']:.2f}"]
+    def fraction(r: dict) -> str:
+        low, high = r.get("fraction_of_local_range", (None, None))
+        return f"{r['fraction_of_local']:.2f}" + (f" ({low:.2f}–{high:.2f})" if low not in (None, high) else "")
+
+    rows = [[workers, labels[source], f"{r['samples_per_s']:.0f}", f"{r['mb_per_s']:.1f}", fraction(r)]
             for workers, by_source in data["results"].items() for source, r in by_source.items()]
     return out + _table(["workers", "source", "samples/s", "MB/s", "fraction of local"], rows) + [""]
 

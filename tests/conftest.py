@@ -214,8 +214,15 @@ def serving(folder):
         server.server_close()
 
 
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """The default cache (where a corpus at a URL without ``data.cache_dir`` keeps its manifest
+    copy) moved into the test's own folder, for this process and the workers it starts."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg_cache"))
+
+
 @pytest.fixture(params=["local", "http"])
-def corpus_root(request, random_corpus):
+def corpus_root(request, random_corpus, private_cache):
     """``random_corpus`` as a directory and as a URL served on 127.0.0.1: the loader's behaviour
     (node and worker splitting, fixed-length epochs, mid-epoch resume) must not depend on which."""
     if request.param == "local":

@@ -235,6 +235,14 @@ def test_quick_remote_stream_benchmark_compares_every_source_with_local(tmp_path
     assert positive(result["machine"]["cpu_count"]) and "of local" in done.stdout  # the summary was printed
 
 
+def test_the_remote_benchmarks_http_source_streams_and_only_the_cached_sources_use_a_cache(tmp_path):
+    configs = benchmark_module("remote_stream").source_configs(tmp_path / "corpus", "http://127.0.0.1:1/corpus", 2, 64,
+                                                               tmp_path / "cache")
+    assert configs["local"].root == str(tmp_path / "corpus") and configs["local"].cache_dir is None
+    assert configs["http"].root == "http://127.0.0.1:1/corpus" and configs["http"].cache_dir is None  # streamed
+    assert configs["http_cache_cold"] == configs["http_cache_warm"] and configs["http_cache_warm"].cache_dir
+
+
 def test_quick_manifest_scale_benchmark_reports_write_and_start_costs_per_size(tmp_path):
     result, done = run_quick("manifest_scale.py", tmp_path, timeout=600)
     sizes = [str(s) for s in result["settings"]["sizes"]]

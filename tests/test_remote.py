@@ -17,7 +17,7 @@ from eeg2im_scale.data.remote import RemoteError, ResumingStream, join, relative
 
 
 @pytest.fixture
-def served(random_corpus):
+def served(random_corpus, private_cache):
     """``random_corpus`` at ``http://127.0.0.1:PORT/<name>``; the server object to tune and inspect."""
     with serving(Path(random_corpus).parent) as (base, server):
         yield f"{base}/{Path(random_corpus).name}", server
@@ -35,13 +35,15 @@ def assert_same_batches(remote: list[dict], local: list[dict]) -> None:
         assert torch.equal(r["eeg"], l["eeg"]) and torch.equal(r["label"], l["label"])
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_corpus_over_http_streams_the_same_batches_as_on_disk(random_corpus, served, workers, tmp_path):
+@pytest.mark.parametrize("workers, cached", [(0, False), (2, False), (2, True)], ids=["streamed", "streamed-2-workers",
+                                                                                    "cached-2-workers"])
+def test_a_corpus_over_http_gives_the_same_batches_as_on_disk(random_corpus, served, workers, cached, tmp_path):
     url, server = served
     local = epoch(random_corpus, num_workers=workers)
-    remote = epoch(url, num_workers=workers, cache_dir=str(tmp_path / "cache"))
+    remote = epoch(url, num_workers=workers, cache_dir=str(tmp_path / "cache") if cached else None)
     assert_same_batches(remote, local)
     assert server.shard_requests > 0 and all(p.startswith("/" + Path(random_corpus).name) for p in server.requests)
+    assert (tmp_path / "cache").is_dir() == cached  # streamed: no shard (nor anything else) written there
 
 
 def test_connections_cut_mid_shard_are_resumed_without_duplicates_or_losses(random_corpus, served):
@@ -110,7 +112,7 @@ def test_pipe_roots_and_url_joins():
         join("pipe:cat /data/corpus", "manifest.parquet")
 
 
-def test_a_pipe_root_streams_the_same_batches(random_corpus):
+def test_a_pipe_root_streams_the_same_batches(random_corpus, private_cache):
     remote = epoch(f"pipe:cat {random_corpus}/{{}}")
     assert_same_batches(remote, epoch(random_corpus))
 

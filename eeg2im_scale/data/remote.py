@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import subprocess
@@ -113,17 +114,18 @@ def _open_http(url: str) -> tuple[BinaryIO, Callable[[], None]]:
     return response, finished
 
 
-class ResumingStream:
-    """A read-only stream of ``url`` that survives dropped connections: a failed read reopens the
-    URL (up to ``retries`` times, back-off doubling from ``backoff_s``), skips the bytes already
+class ResumingStream(io.RawIOBase):
+    """A raw, read-only stream of ``url`` that survives dropped connections: a failed read reopens
+    the URL (up to ``retries`` times, back-off doubling from ``backoff_s``), skips the bytes already
     delivered, and continues from the same byte. Not seekable, by design: remote shards are read
-    front to back."""
+    front to back. :meth:`RemoteOptions.open` puts it behind an ``io.BufferedReader``, which serves
+    the tar reader's 512-byte header reads from memory in C."""
 
     def __init__(self, url: str, retries: int = 3, backoff_s: float = 0.5):
+        super().__init__()
         self.url, self.retries, self.backoff_s = url, retries, backoff_s
-        self.position = 0  # bytes received from the connection (delivered or pending)
+        self.position = 0  # bytes delivered
         self.reopened = 0
-        self._pending, self._offset = b"", 0
         self._stream, self._finished = self._reopen(first=True)
 
     def _reopen(self, first: bool = False) -> tuple[BinaryIO, Callable[[], None]]:
@@ -146,34 +148,19 @@ class ResumingStream:
     def readable(self) -> bool:
         return True
 
-    def seekable(self) -> bool:
-        return False
-
     def readinto(self, buffer) -> int:
-        """Fill ``buffer`` (fewer bytes only at the end of the stream). Reads reach the connection
-        in ``CHUNK``-sized pieces: the tar reader's 512-byte header reads are served from memory."""
-        view = memoryview(buffer).cast("B")
-        done = 0
-        while done < len(view):
-            if self._offset == len(self._pending) and not self._refill():
-                break
-            got = min(len(view) - done, len(self._pending) - self._offset)
-            view[done:done + got] = self._pending[self._offset:self._offset + got]  # a memoryview: no copy
-            self._offset += got
-            done += got
-        return done
-
-    def _refill(self) -> bool:
-        """The next chunk from the connection into the pending buffer; False at the end. A failed
-        read reconnects and continues after the bytes received so far."""
+        """Bytes from the connection into ``buffer``; 0 at the end of the stream. A failed read
+        (whatever it wrote into ``buffer`` does not count) reconnects and continues after the bytes
+        delivered so far."""
         failures = 0
         while True:
             try:
-                chunk = self._stream.read(CHUNK)
-                if not chunk:
+                got = self._stream.readinto(buffer)
+                if not got:
                     self._finished()  # a clean end, or a command that failed: then retried below
-                    return False
-                break
+                    return 0
+                self.position += got
+                return got
             except (OSError, ValueError) + _client_errors() as exc:
                 failures += 1
                 if failures > self.retries:
@@ -185,18 +172,6 @@ class ResumingStream:
                 time.sleep(self.backoff_s * 2 ** (failures - 1))
                 self._stream, self._finished = self._reopen()
                 self.reopened += 1
-        self._pending, self._offset = memoryview(chunk), 0
-        self.position += len(chunk)
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            parts = []
-            while chunk := self.read(CHUNK):
-                parts.append(chunk)
-            return b"".join(parts)
-        buffer = bytearray(size)
-        return bytes(buffer[:self.readinto(buffer)])
 
     def _close_stream(self) -> None:
         with contextlib.suppress(Exception):
@@ -204,12 +179,7 @@ class ResumingStream:
 
     def close(self) -> None:
         self._close_stream()
-
-    def __enter__(self) -> ResumingStream:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().close()
 
 
 def _client_errors() -> tuple[type[BaseException], ...]:
@@ -239,8 +209,9 @@ def download(url: str, destination: Path, retries: int = 3) -> Path:
     handle, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out, ResumingStream(url, retries) as stream:
-            while chunk := stream.read(CHUNK):
-                out.write(chunk)
+            buffer = memoryview(bytearray(CHUNK))
+            while got := stream.readinto(buffer):
+                out.write(buffer[:got])
         os.replace(tmp, destination)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -266,7 +237,7 @@ class RemoteOptions:
             return open(location[len("file://"):], "rb")
         if self.cache_dir:
             return open(self.cached(location), "rb")
-        return ResumingStream(location, self.retries)
+        return io.BufferedReader(ResumingStream(location, self.retries), CHUNK)
 
     def cached(self, url: str) -> Path:
         """The local copy of ``url`` in the cache, downloaded once (by whichever process asks
