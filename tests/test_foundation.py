@@ -171,8 +171,10 @@ def corpus(tmp_path_factory):
     return root
 
 
-# each mode under each ZeRO stage once; two models each way
-TWO_RANK_RUNS = {"Labram": ("lora", 2), "BIOT": ("frozen", 2), "EEGPT": ("lora", 3), "CBraMod": ("frozen", 3)}
+# LoRA and frozen under each ZeRO stage, two models each way; full fine-tuning under ZeRO-3 (parameters
+# partitioned across ranks, gathered for the export)
+TWO_RANK_RUNS = [("Labram", "lora", 2), ("BIOT", "frozen", 2), ("EEGPT", "lora", 3), ("CBraMod", "frozen", 3),
+                 ("BIOT", "full", 3)]
 
 
 def test_every_foundation_model_trains_from_local_weights_on_two_ranks_halts_resumes_and_exports(corpus, tmp_path):
@@ -192,18 +194,19 @@ def test_every_foundation_model_trains_from_local_weights_on_two_ranks_halts_res
     save_file({f"teacher.{k}": v.contiguous() for k, v in
                Teacher(base.model.teacher, geo.num_classes).state_dict().items()}, str(teacher))
     runs, configs = [], {}
-    for backbone, (mode, zero) in TWO_RANK_RUNS.items():
+    for backbone, mode, zero in TWO_RANK_RUNS:
+        name = f"{backbone}-{mode}"
         kwargs = "{" + ", ".join(f"{k}: {v}" for k, v in TINY[backbone].items()) + "}"
-        overrides = [f"run_dir={tmp_path / backbone / 'run'}", f"data.root={corpus}", "train.stage=highlevel",
+        overrides = [f"run_dir={tmp_path / name / 'run'}", f"data.root={corpus}", "train.stage=highlevel",
                      "train.highlevel.steps=4", "train.checkpoint_every=2", "train.log_every=1",
                      f"train.zero_stage={zero}", f"model.highlevel.backbone={backbone}",
                      f"model.highlevel.backbone_kwargs={kwargs}",
                      f"model.highlevel.backbone_channel_map={NEAREST if backbone == 'Labram' else 'null'}",
                      f"model.highlevel.finetune={mode}", "model.highlevel.lora.r=2"]
-        weights = tmp_path / backbone / "weights"
+        weights = tmp_path / name / "weights"
         build_highlevel(load_config(CONFIG, overrides).model, geo).backbone.save_pretrained(weights)
         overrides.append(f"model.highlevel.backbone_weights={weights}")
-        configs[backbone] = cfg = load_config(CONFIG, overrides)
+        configs[name] = cfg = load_config(CONFIG, overrides)
         stage_weights(cfg, "teacher").parent.mkdir(parents=True)
         os.link(teacher, stage_weights(cfg, "teacher"))
         for extra in ("train.halt_after=2", "--resume"):
@@ -216,20 +219,23 @@ def test_every_foundation_model_trains_from_local_weights_on_two_ranks_halts_res
     assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
     resumed = (result.stdout + result.stderr).count("stage highlevel resumed at step 2")
     assert resumed == len(TWO_RANK_RUNS) * 2, resumed  # each run, each rank
-    for backbone, (mode, zero) in TWO_RANK_RUNS.items():
-        cfg = configs[backbone]
-        assert [r["step"] for r in stats(Path(cfg.run_dir), "highlevel")] == [1, 2, 3, 4], backbone
+    for backbone, mode, zero in TWO_RANK_RUNS:
+        name = f"{backbone}-{mode}"
+        cfg = configs[name]
+        assert [r["step"] for r in stats(Path(cfg.run_dir), "highlevel")] == [1, 2, 3, 4], name
         export = load_file(str(stage_weights(cfg, "highlevel")))
-        assert not [k for k in export if "lora_" in k or "base_layer" in k], backbone
-        saved = {f"encoder.backbone.{k}": v for k, v in load_file(str(tmp_path / backbone / "weights" /
+        assert not [k for k in export if "lora_" in k or "base_layer" in k], name
+        saved = {f"encoder.backbone.{k}": v for k, v in load_file(str(tmp_path / name / "weights" /
                                                                       "model.safetensors")).items()}
-        assert saved.keys() <= export.keys(), backbone
+        assert saved.keys() <= export.keys(), name
         changed = {k for k, v in saved.items() if not torch.equal(export[k], v)}
         head = {k for k in saved if k.startswith("encoder.backbone.final_layer.")}
         if mode == "frozen":  # the loaded weights went through the engine untouched, the output layer trained
-            assert changed == head, (backbone, changed)
-        else:  # adapters merged into linear weights; LoRA never changes a bias
-            assert head < changed and all(k.endswith(".weight") for k in changed - head), (backbone, changed)
+            assert changed == head, (name, changed)
+        elif mode == "lora":  # adapters merged into linear weights; LoRA never changes a bias
+            assert head < changed and all(k.endswith(".weight") for k in changed - head), (name, changed)
+        else:  # full: the trunk trained too, biases included
+            assert head < changed and any(k.endswith(".bias") for k in changed - head), (name, changed)
         plain = build_highlevel(cfg.model, geo)  # as the diffusion stage builds it: no weights, no peft
         plain.load_state_dict({k[len("encoder."):]: v for k, v in export.items() if k.startswith("encoder.")})
 
