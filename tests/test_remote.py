@@ -164,7 +164,7 @@ def test_deepspeed_trains_and_the_evaluator_evaluates_on_a_served_corpus(served_
 
 
 @pytest.fixture
-def s3_corpus(random_corpus, monkeypatch):
+def s3_corpus(random_corpus, monkeypatch, private_cache):
     """``random_corpus`` uploaded to a real S3-compatible server on 127.0.0.1 (moto's, as s3fs's own
     tests use), reached through the backends' usual environment: endpoint and credentials."""
     from moto.server import ThreadedMotoServer
