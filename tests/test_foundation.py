@@ -171,10 +171,10 @@ def corpus(tmp_path_factory):
     return root
 
 
-# LoRA and frozen under each ZeRO stage, two models each way; full fine-tuning under ZeRO-3 (parameters
-# partitioned across ranks, gathered for the export)
-TWO_RANK_RUNS = [("Labram", "lora", 2), ("BIOT", "frozen", 2), ("EEGPT", "lora", 3), ("CBraMod", "frozen", 3),
-                 ("BIOT", "full", 3)]
+# every fine-tuning mode under ZeRO-2 and ZeRO-3 (parameters partitioned across ranks, gathered for the
+# export), each of the four models in at least two
+TWO_RANK_RUNS = [("Labram", "lora", 2), ("BIOT", "frozen", 2), ("CBraMod", "full", 2), ("EEGPT", "lora", 3),
+                 ("CBraMod", "frozen", 3), ("BIOT", "full", 3)]
 
 
 def test_every_foundation_model_trains_from_local_weights_on_two_ranks_halts_resumes_and_exports(corpus, tmp_path):
