@@ -118,7 +118,7 @@ def test_a_pipe_root_streams_the_same_batches(random_corpus, private_cache):
 
 
 @pytest.fixture
-def served_tiny(tmp_path):
+def served_tiny(tmp_path, private_cache):
     """The tiny training config's synthetic corpus, served over HTTP on 127.0.0.1."""
     from eeg2im_scale.config import load_config
     from eeg2im_scale.data.corpus import write_synthetic
